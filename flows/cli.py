@@ -1,0 +1,109 @@
+"""`lifelong`: the command line that DVC stages and users call; each command runs a flow.
+
+    lifelong run                 the whole sequence: `dvc repro` with a local Prefect server
+    lifelong run --engine prefect   the same DAG as one Prefect flow, without DVC
+    lifelong base | ingest NAME | train NAME | evaluate NAME | register   one stage
+    lifelong world-concepts [NAME ...]   render the world's concept folders into data/concepts
+    lifelong registry            the registered versions of the current method
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lifelong_diffusion.project import Project
+
+
+def _env_defaults(root: Path) -> None:
+    """Defaults that make Prefect quiet and patient on small machines; the user's env wins."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+
+
+def run(root: Path, engine: str) -> int:
+    if engine == "prefect":
+        from flows.lifelong import lifelong_sequence
+
+        lifelong_sequence(str(root))
+        return 0
+    from flows.prefect_server import prefect_api
+
+    with prefect_api(Path(os.environ["PREFECT_HOME"])) as url:
+        # DVC runs each stage's `lifelong ...` through the shell: put this venv first on PATH.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = dict(os.environ, PREFECT_API_URL=url, PATH=path)
+        print(f"Prefect API: {url}", flush=True)
+        return subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env)
+
+
+def world_concepts(root: Path, names: list[str]) -> None:
+    from lifelong_diffusion.world import DEFAULT_SEQUENCE, concept_by_name, write_concept_folder
+
+    for name in names or DEFAULT_SEQUENCE:
+        print(write_concept_folder(concept_by_name(name), Project(root).concept_dir(name).parent))
+
+
+def show_registry(root: Path) -> None:
+    import mlflow
+
+    from tasks.register import model_name_for
+    from tasks.tracking import default_tracking_uri, registry_summary
+
+    mlflow.set_tracking_uri(default_tracking_uri(root))
+    method = Project(root).train_config().method
+    for row in registry_summary(model_name_for(Project(root), method)):
+        print(json.dumps(row))
+
+
+def stage(args) -> None:
+    from flows import stages as f
+
+    root = str(args.project)
+    {
+        "base": lambda: f.base_flow(root),
+        "ingest": lambda: f.ingest_flow(args.name, root),
+        "train": lambda: f.train_flow(args.name, root),
+        "evaluate": lambda: f.evaluate_flow(args.name, root),
+        "register": lambda: f.register_flow(root),
+    }[args.command]()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lifelong", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--project", type=Path, default=Path("."), help="project folder (params.yaml)")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the whole lifelong sequence")
+    r.add_argument("--engine", choices=["dvc", "prefect"], default="dvc")
+    for name in ("base", "register"):
+        sub.add_parser(name, help=f"run the {name} stage")
+    for name in ("ingest", "train", "evaluate"):
+        sub.add_parser(name, help=f"run the {name} stage of one concept").add_argument("name")
+    w = sub.add_parser("world-concepts", help="render world concept folders into data/concepts")
+    w.add_argument("names", nargs="*")
+    sub.add_parser("registry", help="list registered model versions")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.project = args.project.resolve()
+    _env_defaults(args.project)
+    if args.command == "run":
+        return run(args.project, args.engine)
+    if args.command == "world-concepts":
+        world_concepts(args.project, args.names)
+    elif args.command == "registry":
+        show_registry(args.project)
+    else:
+        stage(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

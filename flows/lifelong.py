@@ -1,0 +1,38 @@
+"""The DAG: base -> for each concept in order: ingest -> train step -> evaluate -> register.
+
+`lifelong_sequence` runs the whole sequence as one Prefect flow (what the Prefect UI
+schedules). Steps whose outputs were computed from the same inputs are skipped, so a crashed
+sequence is resumed by running it again. DVC's stages run the single-stage flows of
+flows/stages.py instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from lifelong_diffusion.project import Project
+from tasks.base import prepare_base
+from tasks.evaluate import evaluate
+from tasks.ingest import ingest
+from tasks.register import register
+from tasks.train import train_step
+
+
+@flow(name="lifelong-sequence", log_prints=True)
+def lifelong_sequence(project_root: str = ".", force: bool = False) -> list[dict]:
+    """Learn every concept of params.yaml's sequence in order; returns one record per step."""
+    root = str(Path(project_root).resolve())
+    order = Project(Path(root)).sequence()
+    prepare_base(root, force=force)
+    records = []
+    for i, name in enumerate(order):
+        ingest(root, name)
+        train_step(root, name, force=force)
+        metrics = evaluate(root, name, force=force)
+        registered = register(root, name, is_last=i == len(order) - 1)
+        records.append({"concept": name, "summary": metrics["summary"],
+                        "version": registered["version"]})
+        print(f"step {i + 1}/{len(order)} {name}: {metrics['summary']} -> "
+              f"model version {registered['version']}")
+    return records

@@ -1,0 +1,19 @@
+"""Sample grids: rows = prompts (concepts, class prompts), columns = seeds, labelled."""
+from __future__ import annotations
+
+from PIL import Image, ImageDraw
+
+LABEL_WIDTH = 220
+
+
+def image_grid(rows: list[tuple[str, list[Image.Image]]], cell: int = 96) -> Image.Image:
+    """Tiny images are upscaled with NEAREST so their pixels stay honest and visible."""
+    n_cols = max(len(images) for _, images in rows)
+    grid = Image.new("RGB", (LABEL_WIDTH + n_cols * (cell + 4), len(rows) * (cell + 4)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (label, images) in enumerate(rows):
+        y = r * (cell + 4)
+        draw.text((6, y + cell // 2 - 6), label[:34], fill="black")
+        for c, img in enumerate(images):
+            grid.paste(img.resize((cell, cell), Image.NEAREST), (LABEL_WIDTH + c * (cell + 4), y))
+    return grid

@@ -1,0 +1,71 @@
+"""LoRA adapters on the UNet (peft through diffusers) and identifier-token embeddings.
+
+The teacher is a second *named* peft adapter on the same UNet, never a deep copy: for SD-1.5
+a copy would double memory, while an extra rank-r adapter costs a few MB.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+STUDENT, TEACHER = "student", "teacher"
+
+
+def lora_settings(rank: int, alpha: float, targets: list[str]) -> dict:
+    return {"rank": int(rank), "alpha": float(alpha), "targets": list(targets)}
+
+
+def add_lora(unet, settings: dict, name: str, weights: dict[str, torch.Tensor] | None) -> None:
+    """Attach adapter `name`; with no weights it starts as the identity (LoRA B = 0)."""
+    config = LoraConfig(r=settings["rank"], lora_alpha=settings["alpha"],
+                        target_modules=settings["targets"], init_lora_weights=True)
+    unet.add_adapter(config, adapter_name=name)
+    if weights:
+        result = set_peft_model_state_dict(unet, weights, adapter_name=name)
+        if result.unexpected_keys:
+            raise ValueError(f"adapter weights do not fit the UNet: {result.unexpected_keys[:3]}")
+
+
+def adapter_weights(unet, name: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(unet, adapter_name=name).items()}
+
+
+def adapter_parameters(unet, name: str) -> list[torch.nn.Parameter]:
+    return [p for n, p in unet.named_parameters() if f".{name}." in n and "lora_" in n]
+
+
+@contextmanager
+def using_adapter(unet, name: str, restore: str):
+    """Run a block with adapter `name` active, then switch back to `restore`.
+
+    peft's set_adapter also flips requires_grad, so restoring before backward() matters.
+    """
+    unet.set_adapter(name)
+    try:
+        yield
+    finally:
+        unet.set_adapter(restore)
+
+
+def add_tokens(tokenizer, text_encoder, embeddings: dict[str, torch.Tensor]) -> list[int]:
+    """Register identifier tokens with their embeddings; returns their ids in order."""
+    if not embeddings:
+        return []
+    tokens = list(embeddings)
+    tokenizer.add_tokens(tokens)
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    table = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for token_id, token in zip(ids, tokens):
+            table[token_id] = embeddings[token].to(table)
+    return ids
+
+
+def word_embedding(tokenizer, text_encoder, word: str) -> torch.Tensor:
+    """Mean input embedding of a word's BPE pieces: the usual init for a new identifier."""
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    return text_encoder.get_input_embeddings().weight[ids].mean(0).detach().clone()

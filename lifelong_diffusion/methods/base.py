@@ -1,0 +1,35 @@
+"""The interface every method implements: a regularizer added to the denoising loss, and the
+state it carries to the next step. The shared step (train.py) owns everything else."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+
+
+@dataclass
+class StepContext:
+    """What a regularizer may look at during one optimizer step."""
+
+    unet: torch.nn.Module
+    noisy_latents: torch.Tensor
+    timesteps: torch.Tensor
+    text_embeddings: torch.Tensor
+    prediction: torch.Tensor
+    teacher: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # no-grad eps
+    step: int
+
+
+class Method:
+    name: ClassVar[str]
+    #: start each concept from a fresh adapter instead of continuing S_{t-1}'s
+    fresh_adapter: ClassVar[bool] = False
+
+    def regularizer(self, ctx: StepContext) -> torch.Tensor | None:
+        """Extra loss for this optimizer step; None adds nothing."""
+        return None
+
+    def state_after_step(self, unet) -> dict[str, torch.Tensor]:
+        """Tensors to keep in the snapshot for the next step (Fisher, anchors, ...)."""
+        return {}

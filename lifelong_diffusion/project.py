@@ -1,0 +1,97 @@
+"""The project on disk: params.yaml and where each stage reads and writes.
+
+params.yaml has one section per stage (base, ingest, train, evaluate, register) plus the
+`sequence`: concept names in learning order, each with an explicit `prev` (the concept before
+it, or `base` for the first). DVC's foreach has no notion of "previous item", so the chain is
+spelled out and checked here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+BASE = "base"  # name of S_0, the empty snapshot of the base model
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing something or is inconsistent."""
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    params_file: str = "params.yaml"
+
+    @property
+    def params(self) -> dict:
+        path = self.root / self.params_file
+        if not path.exists():
+            raise ParamsError(f"{path} not found: run from the project folder or pass --project.")
+        return yaml.safe_load(path.read_text()) or {}
+
+    def section(self, name: str) -> dict:
+        return dict(self.params.get(name) or {})
+
+    def concept_dir(self, name: str) -> Path:
+        return self.root / "data" / "concepts" / name
+
+    def processed_dir(self, name: str | None = None) -> Path:
+        folder = self.root / "data" / "processed"
+        return folder / name if name else folder
+
+    def snapshot_dir(self, name: str) -> Path:
+        return self.root / "adapters" / name
+
+    def eval_dir(self, name: str) -> Path:
+        return self.root / "eval" / name
+
+    def sequence(self) -> list[str]:
+        """Concept names in learning order, following the `prev` links from `base`."""
+        return sequence_order(self.params.get("sequence") or {}, self.root / self.params_file)
+
+    def previous(self, name: str) -> str:
+        order = self.sequence()
+        if name not in order:
+            raise ParamsError(f"concept '{name}' is not in the sequence of {self.params_file}; "
+                              f"known: {', '.join(order)}")
+        i = order.index(name)
+        return order[i - 1] if i else BASE
+
+    # Imported here, not at the top: torch and diffusers take ~10 s to import, and the light
+    # stages (ingest, register) that read params.yaml should not pay for them.
+    def train_config(self):
+        from .train import TrainConfig
+
+        return TrainConfig(**self.section("train"))
+
+    def eval_config(self):
+        from .evaluate import EvalConfig
+
+        return EvalConfig(**self.section("evaluate"))
+
+
+def sequence_order(sequence: dict, source: Path) -> list[str]:
+    """Validate the prev-chain: one concept after `base`, each name used once, no gaps."""
+    if not sequence:
+        raise ParamsError(f"{source}: `sequence` is empty; add concepts as `name: {{prev: base}}`.")
+    after = {}
+    for name, item in sequence.items():
+        prev = (item or {}).get("prev")
+        if prev is None:
+            raise ParamsError(f"{source}: sequence.{name} has no `prev`; use `prev: {BASE}` for "
+                              "the first concept, else the name of the concept before it.")
+        if prev in after:
+            raise ParamsError(f"{source}: both '{after[prev]}' and '{name}' follow '{prev}'; "
+                              "a lifelong sequence is a single chain.")
+        after[prev] = name
+    order, current = [], BASE
+    while current in after:
+        current = after[current]
+        order.append(current)
+    missing = sorted(set(sequence) - set(order))
+    if missing:
+        raise ParamsError(f"{source}: {', '.join(missing)} not reachable from `{BASE}` through "
+                          "the `prev` links; fix their `prev` fields.")
+    return order

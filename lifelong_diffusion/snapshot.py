@@ -1,0 +1,109 @@
+"""Snapshots S_t: everything step t leaves for step t+1 (and for evaluation).
+
+A snapshot folder holds
+  snapshot.json        step, concepts learned so far, method, base model, LoRA settings, config
+  adapter.safetensors  LoRA weights of the UNet (peft state dict; absent for the empty S_0)
+  tokens.safetensors   one embedding row per learned identifier token
+  state.safetensors    method state (Fisher, anchors, ...), absent when the method keeps none
+  train_log.json       loss per optimizer step and wall time
+It is written into a temporary sibling and renamed into place, so a crash never leaves a
+half-written snapshot that a later step could mistake for a finished one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .fileio import atomic_dir
+
+FORMAT = 1
+_TENSOR_FILES = ("adapter", "tokens", "state")
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot folder is missing or unreadable."""
+
+
+@dataclass
+class Snapshot:
+    step: int
+    name: str
+    method: str
+    base_model: str
+    concepts: list[dict] = field(default_factory=list)  # [{name, token, class_word}] in order
+    lora: dict | None = None  # LoRA settings of `adapter`, None while there is no adapter
+    config: dict = field(default_factory=dict)  # flat training params, for tracking
+    adapter: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"adapter": self.adapter, "tokens": self.tokens, "state": self.state}
+
+    def fingerprint(self) -> str:
+        """Content hash of the weights and what they mean; equal snapshots hash equal."""
+        digest = hashlib.sha256()
+        meta = {k: getattr(self, k) for k in ("method", "base_model", "concepts", "lora")}
+        digest.update(json.dumps(meta, sort_keys=True).encode())
+        for group, tensors in self.tensors.items():
+            for key in sorted(tensors):
+                digest.update(f"{group}/{key}".encode())
+                digest.update(tensors[key].detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def empty_snapshot(base_model: str) -> Snapshot:
+    """S_0: the base model itself, nothing learned yet."""
+    return Snapshot(step=0, name="base", method="none", base_model=base_model)
+
+
+def save_snapshot(snap: Snapshot, folder: Path, train_log: dict | None = None,
+                  inputs: str | None = None) -> str:
+    """Write `snap` atomically to `folder`; returns its fingerprint. `inputs` is the key of
+    what it was trained from (stamps.py), kept outside the fingerprint."""
+    fingerprint = snap.fingerprint()
+    meta = {
+        "format": FORMAT, "step": snap.step, "name": snap.name, "method": snap.method,
+        "base_model": snap.base_model, "concepts": snap.concepts, "lora": snap.lora,
+        "config": snap.config, "fingerprint": fingerprint, "inputs": inputs,
+    }
+    with atomic_dir(Path(folder)) as tmp:
+        for group, tensors in snap.tensors.items():
+            if tensors:
+                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                          tmp / f"{group}.safetensors")
+        (tmp / "snapshot.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if train_log is not None:
+            (tmp / "train_log.json").write_text(json.dumps(train_log) + "\n")
+    return fingerprint
+
+
+def load_snapshot(folder: Path) -> Snapshot:
+    folder = Path(folder)
+    meta_file = folder / "snapshot.json"
+    if not meta_file.exists():
+        raise SnapshotError(
+            f"{meta_file} does not exist: the previous step has not finished. "
+            "Run the sequence in order (`dvc repro` or `lifelong run`) so it is trained first."
+        )
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT:
+        raise SnapshotError(f"{meta_file}: snapshot format {meta.get('format')} is not "
+                            f"{FORMAT}; re-run the step that wrote it.")
+    tensors = {
+        group: load_file(folder / f"{group}.safetensors")
+        for group in _TENSOR_FILES if (folder / f"{group}.safetensors").exists()
+    }
+    fields = {k: meta[k] for k in ("step", "name", "method", "base_model", "concepts", "lora",
+                                   "config")}
+    return Snapshot(**fields, **tensors)
+
+
+def read_train_log(folder: Path) -> dict:
+    return json.loads((Path(folder) / "train_log.json").read_text())

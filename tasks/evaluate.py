@@ -1,0 +1,28 @@
+"""Prefect task: evaluate S_t on every concept seen so far; a table artifact shows the scores."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.logging import get_run_logger
+
+from lifelong_diffusion.evaluate import eval_inputs_key, evaluate_snapshot
+from lifelong_diffusion.project import Project
+from lifelong_diffusion.stamps import stored_key
+
+
+@task(name="evaluate")
+def evaluate(project_root: str, name: str, force: bool = True) -> dict:
+    project = Project(Path(project_root))
+    snapshot, out, cfg = project.snapshot_dir(name), project.eval_dir(name), project.eval_config()
+    metrics_file = out / "metrics.json"
+    if not force and stored_key(metrics_file) == eval_inputs_key(snapshot, cfg):
+        get_run_logger().info("%s is up to date, skipping evaluation", out)
+        return json.loads(metrics_file.read_text())
+    metrics = evaluate_snapshot(snapshot, project.processed_dir(), out, cfg)
+    rows = [{"concept": c, **scores} for c, scores in metrics["per_concept"].items()]
+    create_table_artifact(key=f"eval-{name}".lower().replace("_", "-"), table=rows,
+                          description=f"Step {metrics['step']} ({name}): scores of every concept so far")
+    return metrics

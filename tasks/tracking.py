@@ -1,0 +1,334 @@
+"""MLflow bookkeeping for lifelong sequences.
+
+A sequence is one parent run; each step is a nested run plus one registered model
+version, so every intermediate model of the sequence stays addressable (``step-<t>``
+aliases) and comparable. Everything is keyed by the snapshot fingerprint so that
+re-running a pipeline never duplicates runs or versions.
+
+Only ``MlflowClient`` with explicit run ids is used: these functions run inside
+long-lived Prefect workers, where the fluent active-run stack would leak between tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
+from mlflow.exceptions import MlflowException
+
+KIND = "lifelong.kind"
+SEQUENCE_ID = "lifelong.sequence_id"
+STEP = "lifelong.step"
+CONCEPT = "lifelong.concept"
+FINGERPRINT = "lifelong.fingerprint"
+MEANINGFUL = "lifelong.meaningful"
+PARENT_RUN_ID = "mlflow.parentRunId"
+# MLflow reserves "latest" (mlflow/utils/validation.py), hence the suffix.
+LATEST_ALIAS = "latest-step"
+MODEL_DESCRIPTION = (
+    "Lifelong few-shot personalization of a text-to-image diffusion model: "
+    "one version per learned step, alias step-<t> for each, latest-step for the newest."
+)
+READY_TIMEOUT_S = 300.0
+_PENDING = ModelVersionStatus.to_string(ModelVersionStatus.PENDING_REGISTRATION)
+_READY = ModelVersionStatus.to_string(ModelVersionStatus.READY)
+
+
+def default_tracking_uri(project_root: Path) -> str:
+    """An explicit MLFLOW_TRACKING_URI (e.g. a shared server) wins; otherwise a SQLite
+    store in the project, because the model registry needs a database backend."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env or f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
+
+
+def register_step(
+    snapshot_dir: Path,
+    eval_dir: Path,
+    *,
+    model_name: str,
+    experiment: str,
+    sequence_id: str,
+    sequence_tags: dict[str, str] | None = None,
+    is_last: bool = False,
+) -> dict:
+    """Log one finished step (snapshot + evaluation) and register it as a model version.
+
+    Idempotent: a step already logged with the same fingerprint is reused, not re-logged.
+    """
+    snapshot_dir, eval_dir = Path(snapshot_dir), Path(eval_dir)
+    snapshot = _read_json(snapshot_dir / "snapshot.json")
+    client = MlflowClient()
+    experiment_id = _ensure_experiment(client, experiment)
+    parent_id = _ensure_parent_run(
+        client, experiment_id, sequence_id, snapshot["method"], sequence_tags or {}
+    )
+    run_id = _find_step_run(client, experiment_id, sequence_id, snapshot)
+    run_created = run_id is None
+    if run_created:
+        run_id = _log_step_run(
+            client, experiment_id, parent_id, sequence_id, snapshot, snapshot_dir, eval_dir
+        )
+    version, version_created = _ensure_version(client, model_name, run_id, snapshot)
+    aliases = [f"step-{snapshot['step']}"]
+    client.set_registered_model_alias(model_name, aliases[0], version)
+    if is_last:
+        set_latest_step_alias(model_name, version)
+        aliases.append(LATEST_ALIAS)
+        client.set_terminated(parent_id, "FINISHED")
+    return {
+        "run_id": run_id,
+        "parent_run_id": parent_id,
+        "model_name": model_name,
+        "version": version,
+        "aliases": aliases,
+        "created": run_created or version_created,
+    }
+
+
+def set_latest_step_alias(model_name: str, version: str | int) -> None:
+    """Point ``latest-step`` at a version; separate so a caller that learns the sequence
+    end only afterwards can still mark it."""
+    MlflowClient().set_registered_model_alias(model_name, LATEST_ALIAS, str(version))
+
+
+def registry_summary(model_name: str) -> list[dict]:
+    """One row per model version, for the CLI and tests. Aliases come from the
+    registered model because version search results may omit them."""
+    client = MlflowClient()
+    aliases: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(model_name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = [
+        {
+            "version": str(mv.version),
+            "step": int(mv.tags["step"]) if "step" in mv.tags else None,
+            "concepts": mv.tags.get("concepts", ""),
+            "fingerprint": mv.tags.get("fingerprint"),
+            "aliases": sorted(aliases.get(str(mv.version), [])),
+        }
+        for mv in client.search_model_versions(f"name = '{model_name}'")
+    ]
+    return sorted(rows, key=lambda row: int(row["version"]))
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _tag_filter(**tags: str) -> str:
+    """Backticks because our tag keys contain dots."""
+    return " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+
+
+def _already_exists(error: MlflowException) -> bool:
+    """Concurrent flows may race to create the same experiment or model; losing is fine."""
+    return error.error_code == "RESOURCE_ALREADY_EXISTS"
+
+
+def _artifact_location(tracking_uri: str) -> str | None:
+    """Keep a local SQLite store's artifacts next to the database rather than in
+    ``./mlruns`` of whatever directory a worker happens to run in."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db_path = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (db_path.resolve().parent / "mlruns").as_uri()
+
+
+def _ensure_experiment(client: MlflowClient, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(
+            name, artifact_location=_artifact_location(client.tracking_uri)
+        )
+    except MlflowException as error:
+        if not _already_exists(error):
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _ensure_parent_run(
+    client: MlflowClient,
+    experiment_id: str,
+    sequence_id: str,
+    method: str,
+    sequence_tags: dict[str, str],
+) -> str:
+    found = client.search_runs(
+        [experiment_id],
+        _tag_filter(**{SEQUENCE_ID: sequence_id, KIND: "sequence"}),
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"sequence-{method}-{sequence_id[:8]}",
+        tags={**sequence_tags, SEQUENCE_ID: sequence_id, KIND: "sequence"},
+    )
+    return run.info.run_id
+
+
+def _find_step_run(
+    client: MlflowClient, experiment_id: str, sequence_id: str, snapshot: dict
+) -> str | None:
+    """Only FINISHED runs count: a run that died while logging is incomplete."""
+    tags = {
+        SEQUENCE_ID: sequence_id,
+        KIND: "step",
+        STEP: str(snapshot["step"]),
+        FINGERPRINT: snapshot["fingerprint"],
+    }
+    found = client.search_runs(
+        [experiment_id],
+        f"{_tag_filter(**tags)} and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def _log_step_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str,
+    sequence_id: str,
+    snapshot: dict,
+    snapshot_dir: Path,
+    eval_dir: Path,
+) -> str:
+    """Create the nested step run and log everything; a failure marks it FAILED so a
+    retry creates a fresh, complete run instead of reusing a partial one."""
+    eval_metrics = _read_json(eval_dir / "metrics.json")
+    run = client.create_run(
+        experiment_id,
+        run_name=f"step-{snapshot['step']}-{snapshot['name']}",
+        tags={
+            PARENT_RUN_ID: parent_id,
+            KIND: "step",
+            SEQUENCE_ID: sequence_id,
+            STEP: str(snapshot["step"]),
+            CONCEPT: snapshot["concepts"][-1]["name"],
+            FINGERPRINT: snapshot["fingerprint"],
+            MEANINGFUL: str(bool(eval_metrics.get("meaningful"))).lower(),
+        },
+    )
+    run_id = run.info.run_id
+    try:
+        client.log_batch(
+            run_id,
+            metrics=_step_metrics(snapshot, snapshot_dir, eval_metrics),
+            params=_step_params(snapshot),
+            synchronous=True,
+        )
+        client.log_artifact(run_id, str(eval_dir / "grid.png"))
+        client.log_artifact(run_id, str(eval_dir / "metrics.json"), "eval")
+        client.log_artifacts(run_id, str(snapshot_dir), "snapshot")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _step_params(snapshot: dict) -> list[Param]:
+    """Scalar train config plus what identifies the step; explicit fields win on clashes."""
+    concept = snapshot["concepts"][-1]
+    params = {
+        key: value
+        for key, value in snapshot.get("config", {}).items()
+        if value is None or isinstance(value, (str, int, float, bool))
+    }
+    params.update(
+        method=snapshot["method"],
+        base_model=snapshot["base_model"],
+        concept=concept["name"],
+        token=concept["token"],
+        class_word=concept["class_word"],
+        step=snapshot["step"],
+    )
+    return [Param(_mlflow_key(key), str(value)) for key, value in params.items()]
+
+
+def _step_metrics(snapshot: dict, snapshot_dir: Path, eval_metrics: dict) -> list[Metric]:
+    """Loss curve indexed by optimizer step; the rest at the sequence step so values
+    line up across the step runs. ``log_batch`` splits into MLflow's batch limits itself."""
+    train_log = _read_json(snapshot_dir / "train_log.json")
+    now, step = int(time.time() * 1000), int(snapshot["step"])
+    metrics = [Metric("train_loss", float(v), now, i) for i, v in enumerate(train_log["loss"])]
+    metrics.append(Metric("train_seconds", float(train_log["seconds"]), now, step))
+    metrics += [Metric(key, value, now, step) for key, value in _numeric_leaves(eval_metrics)]
+    return metrics
+
+
+def _numeric_leaves(tree: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, float]]:
+    """Flatten nested dicts so new evaluation keys get logged without code changes."""
+    for key, value in tree.items():
+        path = (*prefix, str(key))
+        if isinstance(value, dict):
+            yield from _numeric_leaves(value, path)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield _mlflow_key(".".join(path)), float(value)
+
+
+def _mlflow_key(name: str) -> str:
+    """MLflow keys allow alphanumerics, ``_ - . /`` and spaces; slashes would make keys
+    path-like, so they are replaced along with everything else."""
+    return re.sub(r"[^\w.\- ]", "_", name)
+
+
+def _ensure_version(
+    client: MlflowClient, model_name: str, run_id: str, snapshot: dict
+) -> tuple[str, bool]:
+    """Find the version with this snapshot's fingerprint or create it; returns
+    (version, created) once the version is READY."""
+    _ensure_registered_model(client, model_name)
+    fingerprint = snapshot["fingerprint"]
+    found = client.search_model_versions(
+        f"name = '{model_name}' and tags.fingerprint = '{fingerprint}'", max_results=1
+    )
+    if found:
+        version, created = str(found[0].version), False
+    else:
+        source = f"{client.get_run(run_id).info.artifact_uri}/snapshot"
+        tags = {
+            "step": str(snapshot["step"]),
+            "concepts": ",".join(c["name"] for c in snapshot["concepts"]),
+            "method": snapshot["method"],
+            "base_model": snapshot["base_model"],
+            "fingerprint": fingerprint,
+        }
+        version_entity = client.create_model_version(
+            model_name, source=source, run_id=run_id, tags=tags, await_creation_for=0
+        )
+        version, created = str(version_entity.version), True
+    _wait_ready(client, model_name, version)
+    return version, created
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name, description=MODEL_DESCRIPTION)
+    except MlflowException as error:
+        if not _already_exists(error):
+            raise
+
+
+def _wait_ready(client: MlflowClient, name: str, version: str) -> None:
+    """Some registries finish versions asynchronously; an alias must not point at a
+    version that cannot be loaded yet."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while (status := client.get_model_version(name, version).status) == _PENDING:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} v{version} still {status} after {READY_TIMEOUT_S}s")
+        time.sleep(1)
+    if status != _READY:
+        raise RuntimeError(f"{name} v{version} registration ended as {status}")
