@@ -49,14 +49,11 @@ def world_concepts(root: Path, names: list[str]) -> None:
 
 
 def show_registry(root: Path) -> None:
-    import mlflow
-
     from tasks.register import model_name_for
     from tasks.tracking import default_tracking_uri, registry_summary
 
-    mlflow.set_tracking_uri(default_tracking_uri(root))
-    method = Project(root).train_config().method
-    for row in registry_summary(model_name_for(Project(root), method)):
+    method = Project(root).section("train").get("method", "naive")
+    for row in registry_summary(model_name_for(Project(root), method), default_tracking_uri(root)):
         print(json.dumps(row))
 
 
@@ -90,10 +87,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by the user's data or params: shown as one clear message, no traceback."""
+    from lifelong_diffusion.base_model import BaseModelError
+    from lifelong_diffusion.ingest import ConceptDataError
+    from lifelong_diffusion.project import ParamsError
+    from lifelong_diffusion.snapshot import SnapshotError
+
+    return ConceptDataError, ParamsError, BaseModelError, SnapshotError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.project = args.project.resolve()
     _env_defaults(args.project)
+    try:
+        return dispatch(args)
+    except user_errors() as exc:
+        print(f"lifelong {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def dispatch(args) -> int:
     if args.command == "run":
         return run(args.project, args.engine)
     if args.command == "world-concepts":

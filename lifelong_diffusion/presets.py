@@ -18,7 +18,12 @@ from .tokenizer import build_clip_tokenizer
 
 def build_tiny_random(seed: int = 0) -> StableDiffusionPipeline:
     """Random weights, 32x32 images, 16x16x4 latents: the fastest model for unit tests."""
-    torch.manual_seed(seed)
+    with torch.random.fork_rng():  # building must not change the caller's random stream
+        torch.manual_seed(seed)
+        return _tiny_random_pipeline()
+
+
+def _tiny_random_pipeline() -> StableDiffusionPipeline:
     tokenizer = build_clip_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -42,7 +47,7 @@ def build_tiny_random(seed: int = 0) -> StableDiffusionPipeline:
     )
     scheduler = DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="scaled_linear",
-        beta_start=0.00085, beta_end=0.012, prediction_type="epsilon", clip_sample=False,
+        beta_start=0.00085, beta_end=0.012, prediction_type="epsilon", clip_sample=False, steps_offset=1,
     )
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,

@@ -72,22 +72,29 @@ class Project:
         return EvalConfig(**self.section("evaluate"))
 
 
-def sequence_order(sequence: dict, source: Path) -> list[str]:
-    """Validate the prev-chain: one concept after `base`, each name used once, no gaps."""
+def sequence_order(sequence, source: Path) -> list[str]:
+    """Validate the prev-chain: one concept after `base`, each name used once, no cycles."""
     if not sequence:
         raise ParamsError(f"{source}: `sequence` is empty; add concepts as `name: {{prev: base}}`.")
+    if not isinstance(sequence, dict):
+        raise ParamsError(f"{source}: `sequence` must map concept names to {{prev: ...}}, "
+                          f"e.g. `my-dog: {{prev: base}}`; got a {type(sequence).__name__}.")
     after = {}
     for name, item in sequence.items():
-        prev = (item or {}).get("prev")
+        if name == BASE:
+            raise ParamsError(f"{source}: '{BASE}' is reserved for the base model; rename that "
+                              "concept (folder and sequence entry).")
+        prev = item.get("prev") if isinstance(item, dict) else None
         if prev is None:
-            raise ParamsError(f"{source}: sequence.{name} has no `prev`; use `prev: {BASE}` for "
-                              "the first concept, else the name of the concept before it.")
+            raise ParamsError(f"{source}: sequence.{name} needs a `prev` field, e.g. "
+                              f"`{name}: {{prev: {BASE}}}` for the first concept, else the name "
+                              "of the concept before it.")
         if prev in after:
             raise ParamsError(f"{source}: both '{after[prev]}' and '{name}' follow '{prev}'; "
                               "a lifelong sequence is a single chain.")
         after[prev] = name
     order, current = [], BASE
-    while current in after:
+    while current in after and after[current] not in order:  # `not in`: stop on a cycle
         current = after[current]
         order.append(current)
     missing = sorted(set(sequence) - set(order))

@@ -53,8 +53,9 @@ class Snapshot:
         digest.update(json.dumps(meta, sort_keys=True).encode())
         for group, tensors in self.tensors.items():
             for key in sorted(tensors):
-                digest.update(f"{group}/{key}".encode())
-                digest.update(tensors[key].detach().cpu().contiguous().numpy().tobytes())
+                tensor = tensors[key].detach().cpu().contiguous()
+                digest.update(f"{group}/{key}/{tensor.dtype}/{tuple(tensor.shape)}".encode())
+                digest.update(tensor.numpy().tobytes())
         return digest.hexdigest()
 
 

@@ -181,7 +181,6 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
     """Train concept t from S_{t-1} in `prev_dir` and write S_t to `out_dir`; returns its
     fingerprint. Reads only `concept_dir` (this concept's images) and the previous snapshot."""
     started = time.perf_counter()
-    torch.manual_seed(cfg.seed)
     prev = load_snapshot(prev_dir)
     concept = read_processed_concept(concept_dir)
     known = {c["token"]: c["name"] for c in prev.concepts}
@@ -195,6 +194,7 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
                          f"works at {resolution}px: set ingest.resolution: {resolution} in "
                          "params.yaml and ingest again.")
     method = build_method(cfg.method, cfg.method_params)
+    torch.manual_seed(cfg.seed)  # after loading: fresh LoRA weights must not depend on the cache
     student = Student(pipe, prev, concept, cfg, method)
     student.batch_size = cfg.batch_size
     latents = encode_latents(pipe, concept.images)

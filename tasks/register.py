@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 from prefect import task
 
 from lifelong_diffusion.project import Project
@@ -22,7 +21,6 @@ def model_name_for(project: Project, method: str) -> str:
 @task(name="register")
 def register(project_root: str, name: str, is_last: bool) -> dict:
     project = Project(Path(project_root))
-    mlflow.set_tracking_uri(default_tracking_uri(project.root))
     snapshot = json.loads((project.snapshot_dir(name) / "snapshot.json").read_text())
     experiment = project.section("register").get("experiment", "lifelong-diffusion")
     return register_step(
@@ -30,5 +28,5 @@ def register(project_root: str, name: str, is_last: bool) -> dict:
         model_name=model_name_for(project, snapshot["method"]), experiment=experiment,
         sequence_id=inputs_key(experiment, snapshot["base_model"], snapshot["method"]),
         sequence_tags={"base_model": snapshot["base_model"], "method": snapshot["method"]},
-        is_last=is_last,
+        is_last=is_last, tracking_uri=default_tracking_uri(project.root),
     )

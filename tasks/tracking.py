@@ -57,6 +57,7 @@ def register_step(
     sequence_id: str,
     sequence_tags: dict[str, str] | None = None,
     is_last: bool = False,
+    tracking_uri: str | None = None,
 ) -> dict:
     """Log one finished step (snapshot + evaluation) and register it as a model version.
 
@@ -64,7 +65,7 @@ def register_step(
     """
     snapshot_dir, eval_dir = Path(snapshot_dir), Path(eval_dir)
     snapshot = _read_json(snapshot_dir / "snapshot.json")
-    client = MlflowClient()
+    client = _client(tracking_uri)
     experiment_id = _ensure_experiment(client, experiment)
     parent_id = _ensure_parent_run(
         client, experiment_id, sequence_id, snapshot["method"], sequence_tags or {}
@@ -79,7 +80,7 @@ def register_step(
     aliases = [f"step-{snapshot['step']}"]
     client.set_registered_model_alias(model_name, aliases[0], version)
     if is_last:
-        set_latest_step_alias(model_name, version)
+        set_latest_step_alias(model_name, version, tracking_uri)
         aliases.append(LATEST_ALIAS)
         client.set_terminated(parent_id, "FINISHED")
     return {
@@ -92,16 +93,17 @@ def register_step(
     }
 
 
-def set_latest_step_alias(model_name: str, version: str | int) -> None:
+def set_latest_step_alias(model_name: str, version: str | int,
+                          tracking_uri: str | None = None) -> None:
     """Point ``latest-step`` at a version; separate so a caller that learns the sequence
     end only afterwards can still mark it."""
-    MlflowClient().set_registered_model_alias(model_name, LATEST_ALIAS, str(version))
+    _client(tracking_uri).set_registered_model_alias(model_name, LATEST_ALIAS, str(version))
 
 
-def registry_summary(model_name: str) -> list[dict]:
+def registry_summary(model_name: str, tracking_uri: str | None = None) -> list[dict]:
     """One row per model version, for the CLI and tests. Aliases come from the
     registered model because version search results may omit them."""
-    client = MlflowClient()
+    client = _client(tracking_uri)
     aliases: dict[str, list[str]] = {}
     for alias, version in client.get_registered_model(model_name).aliases.items():
         aliases.setdefault(str(version), []).append(alias)
@@ -116,6 +118,12 @@ def registry_summary(model_name: str) -> list[dict]:
         for mv in client.search_model_versions(f"name = '{model_name}'")
     ]
     return sorted(rows, key=lambda row: int(row["version"]))
+
+
+def _client(tracking_uri: str | None) -> MlflowClient:
+    """An explicit URI beats mlflow.set_tracking_uri(), which also rewrites the process-wide
+    MLFLOW_TRACKING_URI variable and so leaks into every later call in the process."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def _read_json(path: Path) -> Any:

@@ -1,0 +1,375 @@
+"""Pretrain the embedded world's base model: a tiny Stable-Diffusion pipeline on 2 CPU cores.
+
+Three stages, each cheap because the one before froze something:
+1. a small VAE (32x32 RGB -> 8x8x4 latents) trained briefly on plain renders;
+2. the whole dataset encoded once, so the diffusion stage never runs the VAE;
+3. UNet and CLIP text encoder trained jointly from scratch with v-prediction on a
+   zero-terminal-SNR schedule, min-SNR loss weights, caption dropout (for guidance)
+   and an EMA copy of both networks, which is what gets saved.
+
+The result is an ordinary diffusers `StableDiffusionPipeline` folder: loading it
+needs no project code. Held-out colour x shape pairs and patterns never appear.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ..tokenizer import build_clip_tokenizer
+from .render import BACKGROUNDS, COLORS, HELDOUT_COMBOS, SHAPES, _article, base_dataset
+
+
+@dataclass
+class PretrainConfig:
+    """Every knob of the recipe; the defaults are the measured best (reports/world_pretraining.md)."""
+
+    seed: int = 0
+    image_size: int = 32
+    n_images: int = 20000  # fresh renders cost ~0.3 ms each; 20k is more than the steps can visit twice
+    # VAE: 3 blocks = two downsamples, so 32x32 images become 8x8x4 latents
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    latent_channels: int = 4
+    vae_steps: int = 600
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-6
+    # Text encoder: CLIP architecture, tiny, trained from scratch together with the UNet
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_mode: str = "joint"  # "joint": trained with the UNet; "frozen": random, outputs cached per caption
+    # UNet
+    unet_channels: tuple[int, ...] = (64, 128)
+    unet_layers_per_block: int = 1
+    unet_heads: int = 2  # diffusers' attention_head_dim is really the head count; few wide heads are faster on CPU
+    # Diffusion training
+    prediction_type: str = "v_prediction"
+    zero_terminal_snr: bool = True
+    min_snr_gamma: float | None = 5.0
+    steps: int = 3000
+    max_minutes: float | None = None  # wall-clock cap on the whole pretraining; the UNet stage gets what is left
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    ema_decay: float = 0.995
+    cond_dropout: float = 0.1  # empty caption this often, so classifier-free guidance works
+    partial_caption_prob: float = 0.2  # "a star", "a photo of a red star": prompts the evaluator uses
+    log_every: int = 100
+
+
+# ---------------------------------------------------------------- building the components
+
+
+def build_vae(cfg: PretrainConfig) -> AutoencoderKL:
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
+        sample_size=cfg.image_size, block_out_channels=cfg.vae_channels, layers_per_block=1,
+        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, mid_block_add_attention=False,
+    )
+
+
+def build_text_encoder(cfg: PretrainConfig, tokenizer) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+        max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+
+
+def build_unet(cfg: PretrainConfig) -> UNet2DConditionModel:
+    """Cross-attention on every level: at 8x8 latents attention is cheap and binds words to places."""
+    n = len(cfg.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1),
+        in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        layers_per_block=cfg.unet_layers_per_block, block_out_channels=cfg.unet_channels,
+        norm_num_groups=8, cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=cfg.unet_heads,
+        down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+    )
+
+
+def build_scheduler(cfg: PretrainConfig) -> DDPMScheduler:
+    """SD's beta schedule, rescaled to zero terminal SNR: at 8x8 the SD schedule's last step
+    still leaks the mean colour, so sampling from pure noise would start off-distribution.
+    Trailing spacing makes DDIM's first step the pure-noise one it was trained on."""
+    return DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, prediction_type=cfg.prediction_type, clip_sample=False, steps_offset=1,
+        rescale_betas_zero_snr=cfg.zero_terminal_snr,
+        timestep_spacing="trailing" if cfg.zero_terminal_snr else "leading",
+    )
+
+
+# ---------------------------------------------------------------- data
+
+
+def to_pixels(images) -> torch.Tensor:
+    """PIL images as a (N, 3, H, W) tensor in [-1, 1], the VAE's input range."""
+    arrays = np.stack([np.asarray(im, dtype=np.float32) for im in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1
+
+
+def partial_caption(rng: np.random.Generator, shape: str, color: str, background: str) -> str:
+    """A shorter description of the same scene ("a star", "a photo of a red star", ...).
+
+    Downstream prompts name only the class word ("a photo of a star"); without these
+    the base would never have seen a caption that leaves colour or background open.
+    """
+    obj = f"{_article(color)} {color} {shape}" if rng.random() < 0.5 else f"{_article(shape)} {shape}"
+    if rng.random() < 0.5:
+        obj = f"{obj} on {_article(background)} {background} background"
+    return f"a photo of {obj}" if rng.random() < 0.5 else obj
+
+
+def parse_caption(text: str) -> tuple[str, str, str]:
+    """(shape, color, background) of a full base caption 'a red star on a gray background'."""
+    words = text.split()
+    return words[2], words[1], words[5]
+
+
+def caption_batch(captions: list[str], rng: np.random.Generator, cfg: PretrainConfig) -> list[str]:
+    """Training text for one batch: mostly the full caption, some partial, some empty."""
+    out = []
+    for text in captions:
+        u = rng.random()
+        if u < cfg.cond_dropout:
+            out.append("")
+        elif u < cfg.cond_dropout + cfg.partial_caption_prob:
+            out.append(partial_caption(rng, *parse_caption(text)))
+        else:
+            out.append(text)
+    return out
+
+
+def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+# ---------------------------------------------------------------- stage 1: VAE
+
+
+def vae_step(vae: AutoencoderKL, opt: torch.optim.Optimizer, x: torch.Tensor, kl_weight: float) -> float:
+    """Reconstruction (L1 keeps flat colours exact) plus SD's tiny KL, just enough to keep latents bounded."""
+    posterior = vae.encode(x).latent_dist
+    recon = vae.decode(posterior.sample()).sample
+    loss = F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def train_vae(cfg: PretrainConfig, pixels: torch.Tensor, gen: torch.Generator, log) -> tuple[AutoencoderKL, float]:
+    """Short one-cycle run on whole images: flat-coloured shapes are easy to reconstruct, so minutes suffice.
+
+    (Crops would be 4x cheaper, but GroupNorm statistics span the whole image, so a VAE
+    trained on crops gets background colours wrong on full frames.)
+    """
+    vae = build_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.vae_lr, total_steps=cfg.vae_steps)
+    loss = float("nan")
+    for step in range(cfg.vae_steps):
+        pick = torch.randint(0, len(pixels), (cfg.vae_batch,), generator=gen)
+        loss = vae_step(vae, opt, pixels[pick], cfg.vae_kl_weight)
+        sched.step()
+        if step % cfg.log_every == 0:
+            log(f"vae step {step} l1+kl {loss:.4f}")
+    return vae.eval().requires_grad_(False), loss
+
+
+@torch.no_grad()
+def encode_dataset(vae: AutoencoderKL, pixels: torch.Tensor, chunk: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image, computed once; training samples from them per step."""
+    means, stds = [], []
+    for i in range(0, len(pixels), chunk):
+        dist = vae.encode(pixels[i:i + chunk]).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def vae_reconstruction_error(vae: AutoencoderKL, pixels: torch.Tensor) -> float:
+    """Mean absolute error in [0, 255] units, from the posterior mean as sampling uses."""
+    recon = vae.decode(vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1)
+    return float((recon - pixels).abs().mean() * 127.5)
+
+
+# ---------------------------------------------------------------- stage 3: UNet + text encoder
+
+
+def snr_weight(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023): nearly-clean timesteps, which otherwise
+    dominate the gradient, are clipped, so the coarse layout (colour, shape) is learnt first.
+
+    Written in the target's own space as min(1, gamma / s), with s = SNR for epsilon and
+    SNR + 1 for v and x0. The textbook v form, min(SNR, gamma) / (SNR + 1), is 0 at the
+    zero-SNR step, the very step that decides the colour when sampling from pure noise.
+    """
+    if gamma is None:
+        return torch.ones(len(t))
+    ac = scheduler.alphas_cumprod[t]
+    snr = ac / (1 - ac).clamp(min=1e-8)
+    s = snr if scheduler.config.prediction_type == "epsilon" else snr + 1
+    return (gamma / s.clamp(min=1e-8)).clamp(max=1.0)
+
+
+def target_for(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    return noise if kind == "epsilon" else x0
+
+
+class TextConditioner:
+    """Caption strings -> cross-attention states, for both text-encoder treatments.
+
+    "joint": the encoder trains with the UNet, except its 49k-row token table, whose
+    dense AdamW update would cost as much as the UNet's while ~30 rows are ever used.
+    "frozen": a random encoder is a fixed, distinct code per caption; the base world has
+    only ~1k distinct captions, so each is encoded once and looked up afterwards.
+    """
+
+    def __init__(self, text_encoder: CLIPTextModel, tokenizer, mode: str) -> None:
+        if mode not in ("joint", "frozen"):
+            raise ValueError(f"text_mode must be 'joint' or 'frozen', got {mode!r}")
+        self.text_encoder, self.tokenizer, self.mode = text_encoder, tokenizer, mode
+        self.cache: dict[str, torch.Tensor] = {}
+        text_encoder.requires_grad_(mode == "joint")
+        text_encoder.get_input_embeddings().requires_grad_(False)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.text_encoder.parameters() if p.requires_grad]
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        if self.mode == "joint":
+            return self.text_encoder(tokenize(self.tokenizer, texts))[0]
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing:
+            with torch.no_grad():
+                states = self.text_encoder(tokenize(self.tokenizer, missing))[0]
+            self.cache.update(zip(missing, states))
+        return torch.stack([self.cache[t] for t in texts])
+
+
+def diffusion_step(unet, text: TextConditioner, scheduler, opt, x0: torch.Tensor, texts: list[str],
+                   gen: torch.Generator, gamma: float | None) -> float:
+    """One step; a jointly trained text encoder gets gradients through cross-attention only."""
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
+    pred = unet(scheduler.add_noise(x0, noise, t), t, text(texts)).sample
+    per_sample = F.mse_loss(pred, target_for(scheduler, x0, noise, t), reduction="none").mean((1, 2, 3))
+    loss = (per_sample * snr_weight(scheduler, t, gamma)).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+    opt.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        if p.requires_grad:
+            e.lerp_(p, 1 - decay)
+
+
+def lr_factor(step: int, progress: float, warmup: int) -> float:
+    """Linear warmup, then cosine decay over `progress` (steps or wall clock, whichever is further)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train_diffusion(cfg: PretrainConfig, latents: tuple[torch.Tensor, torch.Tensor], captions: list[str],
+                    tokenizer, gen: torch.Generator, rng: np.random.Generator, log,
+                    budget: float = math.inf):
+    """Train UNet + text encoder for `cfg.steps` or `budget` seconds; returns their EMA copies and stats.
+
+    The lr schedule follows whichever of the two is further along, so a time-capped run
+    still ends on a decayed lr instead of being cut off at full lr.
+    """
+    unet, text_encoder, scheduler = build_unet(cfg), build_text_encoder(cfg, tokenizer), build_scheduler(cfg)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    text = TextConditioner(text_encoder, tokenizer, cfg.text_mode)
+    opt = torch.optim.AdamW(list(unet.parameters()) + text.parameters(), lr=cfg.lr, weight_decay=0.0)
+    mean, std = latents
+    start, losses, step = time.perf_counter(), [], 0
+    while step < cfg.steps and time.perf_counter() - start < budget:
+        progress = max(step / cfg.steps, (time.perf_counter() - start) / budget)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(step, progress, cfg.warmup_steps)
+        pick = torch.randint(0, len(mean), (cfg.batch_size,), generator=gen)
+        x0 = mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=gen)
+        texts = caption_batch([captions[i] for i in pick.tolist()], rng, cfg)
+        losses.append(diffusion_step(unet, text, scheduler, opt, x0, texts, gen, cfg.min_snr_gamma))
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up so early EMA is not the random init
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_text, text_encoder, decay)
+        if step % cfg.log_every == 0:
+            log(f"unet step {step} loss {np.mean(losses[-cfg.log_every:]):.4f} "
+                f"{(time.perf_counter() - start) / (step + 1):.3f} s/step")
+        step += 1
+    seconds = time.perf_counter() - start
+    stats = {"unet_steps": step, "unet_seconds": seconds, "s_per_step": seconds / max(step, 1),
+             "final_loss": float(np.mean(losses[-100:]))}
+    return ema_unet.eval(), ema_text.eval(), scheduler, stats
+
+
+# ---------------------------------------------------------------- the whole recipe
+
+
+def seen_prompts() -> list[tuple[str, str]]:
+    """(color, shape) pairs the base is trained on."""
+    return [(c, s) for s in SHAPES for c in COLORS if (c, s) not in HELDOUT_COMBOS]
+
+
+def pretrain_world_model(cfg: PretrainConfig, out_dir, progress: bool = True) -> dict:
+    """Train VAE, then UNet + text encoder, and save a plain StableDiffusionPipeline folder."""
+    log = print if progress else (lambda *_: None)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 1])
+    t0 = time.perf_counter()
+    data = base_dataset(cfg.n_images, cfg.seed, cfg.image_size)
+    pixels, captions = to_pixels([im for im, _ in data]), [c for _, c in data]
+    t_data = time.perf_counter()
+    vae, vae_loss = train_vae(cfg, pixels, gen, log)
+    mean, std = encode_dataset(vae, pixels)
+    scale = float(1 / mean.std())  # unit-variance latents, as SD's scaling_factor does
+    vae.register_to_config(scaling_factor=scale)
+    t_vae = time.perf_counter()
+    log(f"vae done in {t_vae - t_data:.0f}s, scaling_factor {scale:.3f}")
+    tokenizer = build_clip_tokenizer()
+    budget = cfg.max_minutes * 60 - (time.perf_counter() - t0) if cfg.max_minutes else math.inf
+    unet, text_encoder, scheduler, stats = train_diffusion(cfg, (mean * scale, std * scale), captions,
+                                                           tokenizer, gen, rng, log, budget)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir)
+    return {
+        "config": asdict(cfg),
+        "data_seconds": t_data - t0,
+        "vae_seconds": t_vae - t_data,
+        "vae_final_loss": vae_loss,
+        "vae_mae_255": vae_reconstruction_error(vae, pixels[:500]),
+        "pretrain_seconds": time.perf_counter() - t0,
+        **stats,
+    }

@@ -1,0 +1,138 @@
+"""End to end, with every part real: Prefect (test harness and a real `prefect server`),
+MLflow (a SQLite store in the project), DVC (in a temporary git repository)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from tasks.tracking import LATEST_ALIAS, default_tracking_uri, registry_summary
+
+REPO = Path(__file__).resolve().parents[1]
+CONCEPTS = ["striped-star", "dotted-heart", "checked-square"]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_params(names: list[str]) -> dict:
+    """The repo's params.yaml with step counts cut to the bone and a shorter sequence."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update(steps=3)
+    params["evaluate"].update(seeds=[0, 1], steps=2)
+    params["sequence"] = {n: {"prev": p} for p, n in zip(["base"] + names, names)}
+    return params
+
+
+def make_project(root: Path, names: list[str]) -> Path:
+    root.mkdir()
+    shutil.copy(REPO / "dvc.yaml", root)
+    shutil.copytree(REPO / "data" / "concepts", root / "data" / "concepts")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(names), sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="module")
+def prefect_api_url():
+    """One real Prefect server (the test harness) for the module: starting one costs 12-35 s."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield PREFECT_API_URL.value()
+
+
+def cli_env(tmp_path: Path, prefect_api_url: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PREFECT_HOME=str(tmp_path / "ph"),
+               PREFECT_API_URL=prefect_api_url)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout + done.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def registry(project: Path, model: str = "lifelong-naive") -> list[dict]:
+    return registry_summary(model, default_tracking_uri(project))
+
+
+def test_prefect_flow_runs_sequence_and_resumes(tmp_path, monkeypatch, prefect_api_url):
+    from flows.lifelong import lifelong_sequence
+
+    project = make_project(tmp_path / "project", CONCEPTS[:2])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    records = lifelong_sequence(str(project))
+    first_log = (project / "adapters" / CONCEPTS[1] / "train_log.json").read_text()
+    again = lifelong_sequence(str(project))  # resume: everything is up to date
+
+    assert [r["concept"] for r in records] == CONCEPTS[:2]
+    assert [r["version"] for r in records] == ["1", "2"] == [r["version"] for r in again]
+    # nothing was retrained: the second run kept the snapshot (its log has the old timing)
+    assert (project / "adapters" / CONCEPTS[1] / "train_log.json").read_text() == first_log
+    metrics = yaml.safe_load((project / "eval" / CONCEPTS[1] / "metrics.json").read_text())
+    assert metrics["step"] == 2 and set(metrics["per_concept"]) == set(CONCEPTS[:2])
+    assert metrics["meaningful"] is False
+    grid = Image.open(project / "eval" / CONCEPTS[1] / "grid.png")
+    assert grid.height == 4 * 100  # 2 concepts + 2 class prompts
+    rows = registry(project)
+    assert [(r["version"], r["step"]) for r in rows] == [("1", 1), ("2", 2)]
+    assert rows[1]["aliases"] == sorted(["step-2", LATEST_ALIAS])
+
+
+def test_dvc_repro_runs_chain_and_adding_a_concept_reruns_only_its_stages(tmp_path,
+                                                                          prefect_api_url):
+    project = make_project(tmp_path / "project", CONCEPTS[:2])
+    env = cli_env(tmp_path, prefect_api_url)
+    run(["git", "init", "-q"], project, env)
+    run([str(BIN / "dvc"), "init", "-q"], project, env)
+
+    first = run([str(BIN / "lifelong"), "run"], project, env)
+    a, b, c = CONCEPTS
+    assert stages_run(first) == {"base", f"ingest@{a}", f"ingest@{b}", f"train@{a}",
+                                 f"train@{b}", f"evaluate@{a}", f"evaluate@{b}", "register"}
+    assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "repro"], project, env)
+
+    dag = run([str(BIN / "dvc"), "dag", "--md"], project, env)
+    assert f"train@{a}" in dag and f"train@{b}" in dag
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["sequence"][c] = {"prev": b}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    second = run([str(BIN / "lifelong"), "run"], project, env)
+    assert stages_run(second) == {f"ingest@{c}", f"train@{c}", f"evaluate@{c}", "register"}
+
+    rows = registry(project)
+    assert [(r["version"], r["step"]) for r in rows] == [("1", 1), ("2", 2), ("3", 3)]
+    assert rows[2]["aliases"] == sorted(["step-3", LATEST_ALIAS])
+    assert rows[1]["aliases"] == ["step-2"]
+    assert rows[2]["concepts"].split(",") == CONCEPTS
+
+
+def test_cli_reports_bad_concept_data_without_touching_outputs(tmp_path, capsys,
+                                                              prefect_api_url):
+    from flows.cli import main
+
+    project = make_project(tmp_path / "project", CONCEPTS[:1])
+    assert main(["--project", str(project), "ingest", CONCEPTS[0]]) == 0
+    processed = project / "data" / "processed" / CONCEPTS[0]
+    before = {p.name: p.read_bytes() for p in processed.iterdir()}
+    (project / "data" / "concepts" / CONCEPTS[0] / "02.png").write_bytes(b"not a png")
+
+    assert main(["--project", str(project), "ingest", CONCEPTS[0]]) == 2
+    err = capsys.readouterr().err
+    assert "02.png" in err and "fix" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in processed.iterdir()} == before
