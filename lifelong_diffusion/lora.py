@@ -5,6 +5,7 @@ a copy would double memory, while an extra rank-r adapter costs a few MB.
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -22,7 +23,9 @@ def add_lora(unet, settings: dict, name: str, weights: dict[str, torch.Tensor] |
     """Attach adapter `name`; with no weights it starts as the identity (LoRA B = 0)."""
     config = LoraConfig(r=settings["rank"], lora_alpha=settings["alpha"],
                         target_modules=settings["targets"], init_lora_weights=True)
-    unet.add_adapter(config, adapter_name=name)
+    with warnings.catch_warnings():  # a second adapter (teacher beside student) is intended
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        unet.add_adapter(config, adapter_name=name)
     if weights:
         result = set_peft_model_state_dict(unet, weights, adapter_name=name)
         if result.unexpected_keys:

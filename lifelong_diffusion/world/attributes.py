@@ -88,8 +88,8 @@ def _train_step(model: AttributeNet, opt: torch.optim.Optimizer, x: torch.Tensor
     return loss.item()
 
 
-def train_attribute_classifier(seed: int = 0, steps: int = 1000, batch_size: int = 64,
-                               lr: float = 3e-3, pool_size: int = 12000) -> AttributeNet:
+def train_attribute_classifier(seed: int = 0, steps: int = 2500, batch_size: int = 64,
+                               lr: float = 3e-3, pool_size: int = 16000) -> AttributeNet:
     """Train on a pool of fresh renders (rendering costs about as much as a step, so the pool
     is drawn once) with random blur/noise per draw; one-cycle lr."""
     torch.manual_seed(seed)

@@ -38,7 +38,7 @@ class PretrainConfig:
     # VAE: 3 blocks = two downsamples, so 32x32 images become 8x8x4 latents
     vae_channels: tuple[int, ...] = (16, 32, 64)
     latent_channels: int = 4
-    vae_steps: int = 600
+    vae_steps: int = 500
     vae_batch: int = 32
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
@@ -163,9 +163,14 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def vae_step(vae: AutoencoderKL, opt: torch.optim.Optimizer, x: torch.Tensor, kl_weight: float) -> float:
-    """Reconstruction (L1 keeps flat colours exact) plus SD's tiny KL, just enough to keep latents bounded."""
+    """Reconstruction (L1 keeps flat colours exact) plus SD's tiny KL, just enough to keep latents bounded.
+
+    The decoder sees the posterior mean: in a few hundred steps the encoder cannot shrink
+    its initial unit variance, and decoding samples then teaches the decoder to blur
+    (measured: pale, smeared shapes). Everything downstream uses the mean anyway.
+    """
     posterior = vae.encode(x).latent_dist
-    recon = vae.decode(posterior.sample()).sample
+    recon = vae.decode(posterior.mean).sample
     loss = F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -193,14 +198,9 @@ def train_vae(cfg: PretrainConfig, pixels: torch.Tensor, gen: torch.Generator, l
 
 
 @torch.no_grad()
-def encode_dataset(vae: AutoencoderKL, pixels: torch.Tensor, chunk: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every image, computed once; training samples from them per step."""
-    means, stds = [], []
-    for i in range(0, len(pixels), chunk):
-        dist = vae.encode(pixels[i:i + chunk]).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
-    return torch.cat(means), torch.cat(stds)
+def encode_dataset(vae: AutoencoderKL, pixels: torch.Tensor, chunk: int = 500) -> torch.Tensor:
+    """Posterior mean of every image, computed once, so the diffusion stage never runs the VAE."""
+    return torch.cat([vae.encode(pixels[i:i + chunk]).latent_dist.mean for i in range(0, len(pixels), chunk)])
 
 
 @torch.no_grad()
@@ -296,7 +296,7 @@ def lr_factor(step: int, progress: float, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train_diffusion(cfg: PretrainConfig, latents: tuple[torch.Tensor, torch.Tensor], captions: list[str],
+def train_diffusion(cfg: PretrainConfig, latents: torch.Tensor, captions: list[str],
                     tokenizer, gen: torch.Generator, rng: np.random.Generator, log,
                     budget: float = math.inf):
     """Train UNet + text encoder for `cfg.steps` or `budget` seconds; returns their EMA copies and stats.
@@ -308,14 +308,13 @@ def train_diffusion(cfg: PretrainConfig, latents: tuple[torch.Tensor, torch.Tens
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     text = TextConditioner(text_encoder, tokenizer, cfg.text_mode)
     opt = torch.optim.AdamW(list(unet.parameters()) + text.parameters(), lr=cfg.lr, weight_decay=0.0)
-    mean, std = latents
     start, losses, step = time.perf_counter(), [], 0
     while step < cfg.steps and time.perf_counter() - start < budget:
         progress = max(step / cfg.steps, (time.perf_counter() - start) / budget)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(step, progress, cfg.warmup_steps)
-        pick = torch.randint(0, len(mean), (cfg.batch_size,), generator=gen)
-        x0 = mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=gen)
+        pick = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
+        x0 = latents[pick]
         texts = caption_batch([captions[i] for i in pick.tolist()], rng, cfg)
         losses.append(diffusion_step(unet, text, scheduler, opt, x0, texts, gen, cfg.min_snr_gamma))
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up so early EMA is not the random init
@@ -350,14 +349,14 @@ def pretrain_world_model(cfg: PretrainConfig, out_dir, progress: bool = True) ->
     pixels, captions = to_pixels([im for im, _ in data]), [c for _, c in data]
     t_data = time.perf_counter()
     vae, vae_loss = train_vae(cfg, pixels, gen, log)
-    mean, std = encode_dataset(vae, pixels)
-    scale = float(1 / mean.std())  # unit-variance latents, as SD's scaling_factor does
+    latents = encode_dataset(vae, pixels)
+    scale = float(1 / latents.std())  # unit-variance latents, as SD's scaling_factor does
     vae.register_to_config(scaling_factor=scale)
     t_vae = time.perf_counter()
     log(f"vae done in {t_vae - t_data:.0f}s, scaling_factor {scale:.3f}")
     tokenizer = build_clip_tokenizer()
     budget = cfg.max_minutes * 60 - (time.perf_counter() - t0) if cfg.max_minutes else math.inf
-    unet, text_encoder, scheduler, stats = train_diffusion(cfg, (mean * scale, std * scale), captions,
+    unet, text_encoder, scheduler, stats = train_diffusion(cfg, latents * scale, captions,
                                                            tokenizer, gen, rng, log, budget)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
