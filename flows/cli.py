@@ -31,7 +31,7 @@ def run(root: Path, engine: str) -> int:
 
         lifelong_sequence(str(root))
         return 0
-    from flows.prefect_server import prefect_api
+    from flows.servers import prefect_api
 
     with prefect_api(Path(os.environ["PREFECT_HOME"])) as url:
         # DVC runs each stage's `lifelong ...` through the shell: put this venv first on PATH.

@@ -6,12 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +16,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from PIL import Image
 from safetensors.numpy import save_file
 
+from flows.servers import background_server, free_port
 from tasks.tracking import LATEST_ALIAS, register_step, registry_summary
 
 CONCEPTS = [("striped-star", "star"), ("dotted-heart", "heart"), ("wavy-moon", "moon")]
@@ -171,52 +167,21 @@ def test_register_sequence_is_idempotent_and_tracks_retraining(sqlite_store):
     assert len(step_runs(client)) == 4
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real ``mlflow server`` in its own process group, always torn down."""
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    log_path = tmp_path / "server.log"
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
         "--artifacts-destination", str(tmp_path / "server-artifacts"),
     ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 45
-        while True:
-            assert proc.poll() is None, f"server exited early:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, f"server not healthy:\n{log_path.read_text()}"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            time.sleep(0.3)
+    with background_server(cmd, f"{url}/health", env, tmp_path / "server.log", timeout=60):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # reap any worker left in the group
 
 
 @pytest.mark.slow

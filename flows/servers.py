@@ -1,0 +1,79 @@
+"""Local servers (Prefect, MLflow) started for the duration of a command or a test.
+
+Every DVC stage is its own process; without a server each would start Prefect's temporary
+server (12-35 s on 2 cores). One loopback server for the whole `dvc repro` costs that once,
+and its database (PREFECT_HOME) keeps the run history for the Prefect UI afterwards.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode}; see {log}")
+        with suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    raise TimeoutError(f"server not healthy at {url} after {timeout:.0f} s; see {log}")
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop the server and every worker it forked (they share its process group)."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # reap workers left behind
+
+
+@contextmanager
+def background_server(cmd: list[str], health_url: str, env: dict, log: Path,
+                      timeout: float = 180.0):
+    """Run `cmd` in its own process group until the block ends; output goes to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        wait_healthy(health_url, process, log, timeout)
+        yield process
+    finally:
+        stop_group(process)
+
+
+@contextmanager
+def prefect_api(home: Path):
+    """Yield the API URL to use: PREFECT_API_URL if set, else a server started here."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+           "--port", str(port)]
+    with background_server(cmd, f"{url}/health", env, Path(home) / "server.log"):
+        yield url
