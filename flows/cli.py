@@ -3,6 +3,7 @@
     lifelong run                 the whole sequence: `dvc repro` with a local Prefect server
     lifelong run --engine prefect   the same DAG as one Prefect flow, without DVC
     lifelong base | ingest NAME | train NAME | evaluate NAME | register   one stage
+    lifelong serve [--cron CRON]  serve the sequence flow to a Prefect server (UI, schedules)
     lifelong world-concepts [NAME ...]   render the world's concept folders into data/concepts
     lifelong registry            the registered versions of the current method
 """
@@ -39,6 +40,21 @@ def run(root: Path, engine: str) -> int:
         env = dict(os.environ, PREFECT_API_URL=url, PATH=path)
         print(f"Prefect API: {url}", flush=True)
         return subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env)
+
+
+def serve(root: Path, cron: str | None) -> int:
+    """Serve the sequence as a deployment; only a real server runs schedules."""
+    if not os.environ.get("PREFECT_API_URL"):
+        print("lifelong serve: error: PREFECT_API_URL is not set. Start a server first:\n"
+              "  PREFECT_HOME=.prefect .venv/bin/prefect server start\n"
+              "then: export PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
+        return 2
+    from prefect import serve as prefect_serve
+
+    from flows.lifelong import sequence_deployment
+
+    prefect_serve(sequence_deployment(str(root), cron))
+    return 0
 
 
 def world_concepts(root: Path, names: list[str]) -> None:
@@ -81,6 +97,8 @@ def parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"run the {name} stage")
     for name in ("ingest", "train", "evaluate"):
         sub.add_parser(name, help=f"run the {name} stage of one concept").add_argument("name")
+    sv = sub.add_parser("serve", help="serve the sequence flow to a Prefect server")
+    sv.add_argument("--cron", help="schedule, e.g. '0 3 * * *' for every night at 03:00")
     w = sub.add_parser("world-concepts", help="render world concept folders into data/concepts")
     w.add_argument("names", nargs="*")
     sub.add_parser("registry", help="list registered model versions")
@@ -111,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 def dispatch(args) -> int:
     if args.command == "run":
         return run(args.project, args.engine)
+    if args.command == "serve":
+        return serve(args.project, args.cron)
     if args.command == "world-concepts":
         world_concepts(args.project, args.names)
     elif args.command == "registry":

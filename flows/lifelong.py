@@ -36,3 +36,14 @@ def lifelong_sequence(project_root: str = ".", force: bool = False) -> list[dict
         print(f"step {i + 1}/{len(order)} {name}: {metrics['summary']} -> "
               f"model version {registered['version']}")
     return records
+
+
+def sequence_deployment(project_root: str = ".", cron: str | None = None):
+    """The sequence flow as a deployment for this project: the Prefect UI can start it on
+    demand, and with `cron` the server's scheduler starts it on that schedule (e.g. nightly,
+    to pick up concepts added to params.yaml during the day)."""
+    root = str(Path(project_root).resolve())
+    return lifelong_sequence.to_deployment(
+        name=f"lifelong-{Path(root).name}", cron=cron, parameters={"project_root": root},
+        description=f"Lifelong personalization sequence of {root}",
+    )

@@ -136,3 +136,21 @@ def test_cli_reports_bad_concept_data_without_touching_outputs(tmp_path, capsys,
     err = capsys.readouterr().err
     assert "02.png" in err and "fix" in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in processed.iterdir()} == before
+
+
+def test_sequence_deployment_carries_schedule_and_project(tmp_path):
+    from flows.lifelong import sequence_deployment
+
+    project = make_project(tmp_path / "nightly", CONCEPTS[:1])
+    deployment = sequence_deployment(str(project), cron="0 3 * * *")
+    assert deployment.name == "lifelong-nightly"
+    assert deployment.parameters == {"project_root": str(project.resolve())}
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+
+
+def test_serve_without_a_server_explains_how_to_start_one(monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert main(["--project", str(REPO), "serve", "--cron", "0 3 * * *"]) == 2
+    assert "prefect server start" in capsys.readouterr().err
