@@ -77,7 +77,7 @@ class Student:
     """The pipeline with teacher (frozen S_{t-1}) and student adapters and token embeddings."""
 
     def __init__(self, pipe, prev: Snapshot, concept: Concept, cfg: TrainConfig, method: Method):
-        self.pipe, self.unet, self.prev = pipe, pipe.unet, prev
+        self.pipe, self.unet, self.batch_size = pipe, pipe.unet, cfg.batch_size
         add_tokens(pipe.tokenizer, pipe.text_encoder, prev.tokens)
         init = word_embedding(pipe.tokenizer, pipe.text_encoder, concept.class_word)
         (self.token_id,) = add_tokens(pipe.tokenizer, pipe.text_encoder, {concept.token: init})
@@ -196,7 +196,6 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
     method = build_method(cfg.method, cfg.method_params)
     torch.manual_seed(cfg.seed)  # after loading: fresh LoRA weights must not depend on the cache
     student = Student(pipe, prev, concept, cfg, method)
-    student.batch_size = cfg.batch_size
     latents = encode_latents(pipe, concept.images)
     templates = concept.prompts or cfg.prompt_templates
     prompt_ids = tokenize(pipe.tokenizer, [t.format(token=concept.token, class_word=concept.class_word)

@@ -15,11 +15,9 @@ def taken_tokens(project: Project, name: str) -> dict[str, str]:
     """Tokens of the other concepts of the sequence. Their raw photos may be gone (privacy),
     so a processed manifest is read first and concept.yaml only as a fallback."""
     taken = {}
-    for other in project.sequence():
+    for other in (n for n in project.sequence() if n != name):
         manifest = project.processed_dir(other) / "manifest.json"
         raw = project.concept_dir(other) / "concept.yaml"
-        if other == name:
-            continue
         if manifest.exists():
             taken[json.loads(manifest.read_text())["token"]] = other
         elif raw.exists():
