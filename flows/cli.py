@@ -2,7 +2,7 @@
 
     lifelong run                 the whole sequence: `dvc repro` with a local Prefect server
     lifelong run --engine prefect   the same DAG as one Prefect flow, without DVC
-    lifelong base | ingest NAME | train NAME | evaluate NAME | register   one stage
+    lifelong base | ingest NAME | train NAME | evaluate NAME | continual | register   one stage
     lifelong serve [--cron CRON]  serve the sequence flow to a Prefect server (UI, schedules)
     lifelong world-concepts [NAME ...]   render the world's concept folders into data/concepts
     lifelong registry            the registered versions of the current method
@@ -83,6 +83,7 @@ def stage(args) -> None:
         "train": lambda: f.train_flow(args.name, root),
         "evaluate": lambda: f.evaluate_flow(args.name, root),
         "register": lambda: f.register_flow(root),
+        "continual": lambda: f.continual_flow(root),
     }[args.command]()
 
 
@@ -93,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the whole lifelong sequence")
     r.add_argument("--engine", choices=["dvc", "prefect"], default="dvc")
-    for name in ("base", "register"):
+    for name in ("base", "register", "continual"):
         sub.add_parser(name, help=f"run the {name} stage")
     for name in ("ingest", "train", "evaluate"):
         sub.add_parser(name, help=f"run the {name} stage of one concept").add_argument("name")

@@ -1,4 +1,5 @@
-"""The DAG: base -> for each concept in order: ingest -> train step -> evaluate -> register.
+"""The DAG: base -> for each concept in order: ingest -> train step -> evaluate -> register,
+then the continual-learning summary of the whole sequence.
 
 `lifelong_sequence` runs the whole sequence as one Prefect flow (what the Prefect UI
 schedules). Steps whose outputs were computed from the same inputs are skipped, so a crashed
@@ -13,6 +14,7 @@ from prefect import flow
 
 from lifelong_diffusion.project import Project
 from tasks.base import prepare_base
+from tasks.continual import continual_summary
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.register import register
@@ -35,6 +37,9 @@ def lifelong_sequence(project_root: str = ".", force: bool = False) -> list[dict
                         "version": registered["version"]})
         print(f"step {i + 1}/{len(order)} {name}: {metrics['summary']} -> "
               f"model version {registered['version']}")
+    summary = continual_summary(root)
+    print(f"after {summary['steps']} steps: CLIP-I A={summary['clip_i']['A']:.3f} "
+          f"F={summary['clip_i']['F']} BWT={summary['clip_i']['BWT']}")
     return records
 
 

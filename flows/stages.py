@@ -46,6 +46,13 @@ def evaluate_flow(name: str, project_root: str = ".") -> dict:
     return evaluate(_root(project_root), name)
 
 
+@flow(name="continual-summary")
+def continual_flow(project_root: str = ".") -> dict:
+    from tasks.continual import continual_summary
+
+    return continual_summary(_root(project_root))
+
+
 @flow(name="register")
 def register_flow(project_root: str = ".") -> list[dict]:
     """Register every step of the sequence in order (idempotent: known steps are reused) and

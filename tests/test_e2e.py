@@ -88,6 +88,11 @@ def test_prefect_flow_runs_sequence_and_resumes(tmp_path, monkeypatch, prefect_a
     assert metrics["meaningful"] is False
     grid = Image.open(project / "eval" / CONCEPTS[1] / "grid.png")
     assert grid.height == 4 * 100  # 2 concepts + 2 class prompts
+    continual = yaml.safe_load((project / "metrics" / "continual.json").read_text())
+    R = continual["clip_i"]["R"]
+    assert continual["clip_i"]["concepts"] == CONCEPTS[:2] and R[0][1] is None
+    assert R[1] == [metrics["per_concept"][c]["clip_i"] for c in CONCEPTS[:2]]
+    assert continual["clip_i"]["F"] == pytest.approx(R[0][0] - R[1][0])
     rows = registry(project)
     assert [(r["version"], r["step"]) for r in rows] == [("1", 1), ("2", 2)]
     assert rows[1]["aliases"] == sorted(["step-2", LATEST_ALIAS])
@@ -103,7 +108,8 @@ def test_dvc_repro_runs_chain_and_adding_a_concept_reruns_only_its_stages(tmp_pa
     first = run([str(BIN / "lifelong"), "run"], project, env)
     a, b, c = CONCEPTS
     assert stages_run(first) == {"base", f"ingest@{a}", f"ingest@{b}", f"train@{a}",
-                                 f"train@{b}", f"evaluate@{a}", f"evaluate@{b}", "register"}
+                                 f"train@{b}", f"evaluate@{a}", f"evaluate@{b}", "continual",
+                                 "register"}
     assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "repro"], project, env)
 
     dag = run([str(BIN / "dvc"), "dag", "--md"], project, env)
@@ -113,7 +119,8 @@ def test_dvc_repro_runs_chain_and_adding_a_concept_reruns_only_its_stages(tmp_pa
     params["sequence"][c] = {"prev": b}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     second = run([str(BIN / "lifelong"), "run"], project, env)
-    assert stages_run(second) == {f"ingest@{c}", f"train@{c}", f"evaluate@{c}", "register"}
+    assert stages_run(second) == {f"ingest@{c}", f"train@{c}", f"evaluate@{c}", "continual",
+                                  "register"}
 
     rows = registry(project)
     assert [(r["version"], r["step"]) for r in rows] == [("1", 1), ("2", 2), ("3", 3)]

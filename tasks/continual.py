@@ -1,0 +1,28 @@
+"""Prefect task: the continual-learning summary of the whole sequence so far (R, A, F, BWT, LA)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+
+from lifelong_diffusion.cl_metrics import score_matrix, summarize
+from lifelong_diffusion.project import Project
+
+SCORES = ("clip_i", "clip_t")
+
+
+@task(name="continual-summary")
+def continual_summary(project_root: str) -> dict:
+    """Reads every step's metrics.json in learning order; writes metrics/continual.json."""
+    project = Project(Path(project_root))
+    steps = [json.loads((project.eval_dir(n) / "metrics.json").read_text())
+             for n in project.sequence()]
+    summary = {"steps": len(steps), "meaningful": all(m["meaningful"] for m in steps)}
+    for key in SCORES:
+        names, R = score_matrix(steps, key)
+        summary[key] = {**summarize(R), "concepts": names, "R": R}
+    out = project.root / "metrics" / "continual.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
