@@ -39,7 +39,25 @@ def run(root: Path, engine: str) -> int:
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         env = dict(os.environ, PREFECT_API_URL=url, PATH=path)
         print(f"Prefect API: {url}", flush=True)
-        return subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env)
+        code = subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env)
+    if code == 0:
+        print_outcome(Project(root))
+    return code
+
+
+def print_outcome(project: Project) -> None:
+    """Where to look after a run: the last grid and the forgetting summary."""
+    last = project.sequence()[-1]
+    print(f"\nsamples after the last step: {project.eval_dir(last) / 'grid.png'}")
+    summary_file = project.root / "metrics" / "continual.json"
+    if summary_file.exists():
+        summary = json.loads(summary_file.read_text())
+        for key in ("clip_i", "clip_t"):
+            figures = "  ".join(f"{k}={v:.3f}" if v is not None else f"{k}=n/a"
+                                for k, v in summary[key].items() if k in ("A", "F", "BWT", "LA"))
+            print(f"{key}: {figures}")
+        if not summary["meaningful"]:
+            print("(random-weight evaluator: these scores are reproducible, not meaningful)")
 
 
 def serve(root: Path, cron: str | None) -> int:

@@ -110,6 +110,8 @@ def test_dvc_repro_runs_chain_and_adding_a_concept_reruns_only_its_stages(tmp_pa
     assert stages_run(first) == {"base", f"ingest@{a}", f"ingest@{b}", f"train@{a}",
                                  f"train@{b}", f"evaluate@{a}", f"evaluate@{b}", "continual",
                                  "register"}
+    assert f"samples after the last step: {project / 'eval' / b / 'grid.png'}" in first
+    assert re.search(r"clip_i: A=[-\d.]+  LA=[-\d.]+  F=[-\d.]+  BWT=[-\d.]+", first)
     assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "repro"], project, env)
 
     dag = run([str(BIN / "dvc"), "dag", "--md"], project, env)
