@@ -49,13 +49,13 @@ def print_outcome(project: Project) -> None:
     """Where to look after a run: the last grid and the forgetting summary."""
     last = project.sequence()[-1]
     print(f"\nsamples after the last step: {project.eval_dir(last) / 'grid.png'}")
-    summary_file = project.root / "metrics" / "continual.json"
-    if summary_file.exists():
-        summary = json.loads(summary_file.read_text())
-        for key in ("clip_i", "clip_t"):
-            figures = "  ".join(f"{k}={v:.3f}" if v is not None else f"{k}=n/a"
-                                for k, v in summary[key].items() if k in ("A", "F", "BWT", "LA"))
-            print(f"{key}: {figures}")
+    from lifelong_diffusion.cl_metrics import format_summary
+    from tasks.continual import SCORES
+
+    if project.summary_file.exists():
+        summary = json.loads(project.summary_file.read_text())
+        for score in SCORES:
+            print(format_summary(score, summary[score]))
         if not summary["meaningful"]:
             print("(random-weight evaluator: these scores are reproducible, not meaningful)")
 

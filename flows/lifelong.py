@@ -12,9 +12,10 @@ from pathlib import Path
 
 from prefect import flow
 
+from lifelong_diffusion.cl_metrics import format_summary
 from lifelong_diffusion.project import Project
 from tasks.base import prepare_base
-from tasks.continual import continual_summary
+from tasks.continual import SCORES, continual_summary
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.register import register
@@ -38,8 +39,8 @@ def lifelong_sequence(project_root: str = ".", force: bool = False) -> list[dict
         print(f"step {i + 1}/{len(order)} {name}: {metrics['summary']} -> "
               f"model version {registered['version']}")
     summary = continual_summary(root)
-    print(f"after {summary['steps']} steps: CLIP-I A={summary['clip_i']['A']:.3f} "
-          f"F={summary['clip_i']['F']} BWT={summary['clip_i']['BWT']}")
+    for score in SCORES:
+        print(format_summary(score, summary[score]))
     return records
 
 

@@ -22,9 +22,16 @@ def summarize(R: list[list[float | None]]) -> dict[str, float | None]:
     """
     T = len(R)
     final = R[-1]
-    summary = {"A": mean(final[:T]), "LA": mean(R[j][j] for j in range(T)), "F": None,
+    summary = {"A": mean(final), "LA": mean(R[j][j] for j in range(T)), "F": None,
                "BWT": None}
     if T > 1:
         summary["F"] = mean(max(R[t][j] for t in range(j, T - 1)) - final[j] for j in range(T - 1))
         summary["BWT"] = mean(final[j] - R[j][j] for j in range(T - 1))
     return summary
+
+
+def format_summary(score: str, summary: dict) -> str:
+    """One line such as `clip_i: A=0.926  LA=0.928  F=0.002  BWT=-0.002` (n/a when undefined)."""
+    figures = "  ".join(f"{k}={summary[k]:.3f}" if summary[k] is not None else f"{k}=n/a"
+                        for k in ("A", "LA", "F", "BWT"))
+    return f"{score}: {figures}"

@@ -47,6 +47,11 @@ class Project:
     def eval_dir(self, name: str) -> Path:
         return self.root / "eval" / name
 
+    @property
+    def summary_file(self) -> Path:
+        """The continual-learning summary of the whole sequence (a DVC metrics file)."""
+        return self.root / "metrics" / "continual.json"
+
     def sequence(self) -> list[str]:
         """Concept names in learning order, following the `prev` links from `base`."""
         return sequence_order(self.params.get("sequence") or {}, self.root / self.params_file)

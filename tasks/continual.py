@@ -22,7 +22,6 @@ def continual_summary(project_root: str) -> dict:
     for key in SCORES:
         names, R = score_matrix(steps, key)
         summary[key] = {**summarize(R), "concepts": names, "R": R}
-    out = project.root / "metrics" / "continual.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    project.summary_file.parent.mkdir(exist_ok=True)
+    project.summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     return summary

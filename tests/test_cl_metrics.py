@@ -1,6 +1,6 @@
 import pytest
 
-from lifelong_diffusion.cl_metrics import score_matrix, summarize
+from lifelong_diffusion.cl_metrics import format_summary, score_matrix, summarize
 
 R = [[0.9, None, None],
      [0.7, 0.8, None],
@@ -33,3 +33,8 @@ def test_score_matrix_from_step_metrics():
     names, rows = score_matrix(steps, "clip_i")
     assert names == ["a", "b"]
     assert rows == [[0.9, None], [0.7, 0.8]]
+
+
+def test_format_summary_marks_undefined_figures():
+    line = format_summary("clip_i", {"A": 0.7, "LA": 0.7, "F": None, "BWT": None, "R": [[0.7]]})
+    assert line == "clip_i: A=0.700  LA=0.700  F=n/a  BWT=n/a"
