@@ -1,29 +1,41 @@
-"""Benchmark the world base model: pretrain it (or reuse a folder), sample, and read the images.
+"""Benchmark the world preset: pretrain it (or reuse the shipped one), then measure it.
 
-    python -m benchmarks.world --minutes 15 --out models/world-base-candidate
-    python -m benchmarks.world --reuse models/world-base-candidate
+    python -m benchmarks.world --reuse            # score the shipped models/world (minutes)
+    python -m benchmarks.world --seed 1 --out /tmp/world1   # pretrain from scratch (about an hour)
 
-Every seen colour x shape pair (and, separately, every held-out pair) is prompted as a
-full base caption with fixed seeds, backgrounds cycled; the attribute classifier says
-what each image shows. The last stdout line is one JSON object.
+Base: every seen colour x shape pair (and, separately, every held-out pair) is prompted as a
+full base caption with fixed seeds, backgrounds cycled; the attribute classifier says what
+each image shows. Evaluator: zero-shot shape accuracy of the world CLIP on fresh renders.
+Personalization: one concept learned by one LoRA step of the project's own training code,
+then the share of its samples that show its pattern. The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
 from pathlib import Path
 
+import open_clip
 import torch
+import yaml
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from lifelong_diffusion.evaluate import EvalConfig, evaluate_snapshot
 from lifelong_diffusion.grid import image_grid
-from lifelong_diffusion.world import attributes
-from lifelong_diffusion.world.pretrain import PretrainConfig, pretrain_world_model, seen_prompts
+from lifelong_diffusion.ingest import ingest_concept
+from lifelong_diffusion.presets import WORLD_DIR
+from lifelong_diffusion.snapshot import empty_snapshot, save_snapshot
+from lifelong_diffusion.train import TrainConfig, train_concept
+from lifelong_diffusion.world import attributes, concept_by_name, write_concept_folder
+from lifelong_diffusion.world.build import WorldBuildConfig, build_world_models
+from lifelong_diffusion.world.evaluator import WORLD_CLIP, zero_shot_accuracy
+from lifelong_diffusion.world.pretrain import seen_prompts
 from lifelong_diffusion.world.render import BACKGROUNDS, HELDOUT_COMBOS, Scene, caption
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def prompt_rows(pairs: list[tuple[str, str]], n_seeds: int) -> list[tuple[str, str, str, int]]:
@@ -60,20 +72,8 @@ def score(classifier, rows, images) -> dict[str, float]:
     }
 
 
-def load_classifier(path: str | None, log):
-    """Reuse a saved classifier, or train one (seeded, so every run scores alike) and save it."""
-    if path and Path(path).exists():
-        return attributes.load(path)
-    start = time.perf_counter()
-    model = attributes.train_attribute_classifier(seed=0)
-    log(f"attribute classifier trained in {time.perf_counter() - start:.0f}s: {attributes.accuracy(model)}")
-    if path:
-        attributes.save(model, path)
-    return model
-
-
-def evaluate(pipe_dir: Path, classifier, n_seeds: int, steps: int, guidance: float,
-             grid: str | None) -> dict:
+def score_base(pipe_dir: Path, classifier, n_seeds: int, steps: int, guidance: float,
+               grid: str | None) -> dict:
     pipe = StableDiffusionPipeline.from_pretrained(pipe_dir)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # as the project's evaluator samples
@@ -91,38 +91,66 @@ def evaluate(pipe_dir: Path, classifier, n_seeds: int, steps: int, guidance: flo
     return result
 
 
+def concept_after_lora(world_dir: Path, concept: str, steps: int, n_seeds: int, work: Path,
+                       grid: str | None) -> dict:
+    """Learn one world concept from the base with the project's own train/evaluate code."""
+    spec = concept_by_name(concept)
+    concept_dir = write_concept_folder(spec, work / "concepts")
+    ingest_concept(concept_dir, work / "processed" / concept, resolution=32, min_size=32)
+    save_snapshot(empty_snapshot(str(world_dir / "base")), work / "adapters" / "base")
+    train = {**yaml.safe_load((REPO / "params.yaml").read_text())["train"], "steps": steps}
+    start = time.perf_counter()
+    train_concept(work / "adapters" / "base", work / "processed" / concept, work / "adapters" / concept,
+                  TrainConfig(**train), progress=False)
+    seconds = time.perf_counter() - start
+    cfg = EvalConfig(seeds=list(range(n_seeds)), clip_model=WORLD_CLIP,
+                     clip_weights=str(world_dir / "clip.safetensors"),
+                     attribute_classifier=str(world_dir / "attributes.safetensors"))
+    metrics = evaluate_snapshot(work / "adapters" / concept, work / "processed", work / "eval", cfg)
+    if grid:
+        (work / "eval" / "grid.png").replace(grid)
+    scores = metrics["per_concept"][concept]
+    return {"concept_acc_after_lora": scores["pattern_acc"], "concept_attr_acc_after_lora": scores["attr_acc"],
+            "concept_clip_i_after_lora": scores["clip_i"], "lora_steps": steps, "lora_seconds": seconds,
+            "class_attr_acc_after_lora": metrics["class_prompts"][spec.class_word]["attr_acc"]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reuse", help="score this pipeline folder instead of pretraining")
-    parser.add_argument("--out", help="where to save the pretrained pipeline (default: a temp folder)")
-    parser.add_argument("--minutes", type=float, help="wall-clock cap on pretraining")
-    parser.add_argument("--steps", type=int, help="UNet steps (default: PretrainConfig's)")
-    parser.add_argument("--config", default="{}", help="JSON object of PretrainConfig overrides")
+    parser.add_argument("--reuse", nargs="?", const=str(WORLD_DIR),
+                        help="score this world folder (default: the shipped models/world) without pretraining")
+    parser.add_argument("--seed", type=int, default=0, help="world seed to pretrain with")
+    parser.add_argument("--out", help="where to write the pretrained world (default: a temp folder)")
+    parser.add_argument("--config", default="{}", help="JSON object of params.yaml `pretrain` overrides")
     parser.add_argument("--seeds", type=int, default=2, help="images per colour x shape pair")
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--classifier",
-                        help="attribute classifier weights: loaded if present, else trained and saved")
-    parser.add_argument("--grid", help="write a PNG grid of the samples here")
+    parser.add_argument("--concept", default="striped-star", help="world concept for the LoRA check")
+    parser.add_argument("--lora-steps", type=int, default=300)
+    parser.add_argument("--concept-seeds", type=int, default=16)
+    parser.add_argument("--grid", help="write PNG grids of the samples here (base, and -concept.png)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # the machine is shared; one core per process
 
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        pipe_dir = Path(args.reuse or args.out or tmp)
+        world_dir = Path(args.reuse or args.out or Path(tmp) / "world")
         if not args.reuse:
-            overrides = json.loads(args.config)
-            overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-            if args.minutes:
-                overrides.setdefault("max_minutes", args.minutes)
-                overrides.setdefault("steps", 10**9)  # time decides
-            if args.steps:
-                overrides["steps"] = args.steps
-            cfg = dataclasses.replace(PretrainConfig(), **overrides)
-            stats = pretrain_world_model(cfg, pipe_dir)
-            result.update({k: v for k, v in stats.items() if k != "config"}, config=stats["config"])
-        classifier = load_classifier(args.classifier, print)
-        result.update(evaluate(pipe_dir, classifier, args.seeds, args.sample_steps, args.guidance, args.grid))
+            section = {**yaml.safe_load((REPO / "params.yaml").read_text())["pretrain"],
+                       **json.loads(args.config), "seed": args.seed}
+            build_world_models(WorldBuildConfig.from_params(section), world_dir)
+        report = json.loads((world_dir / "pretrain.json").read_text())
+        result.update(pretrain_seconds=report["pretrain_seconds"],
+                      base_pretrain_seconds=report["base"]["pretrain_seconds"],
+                      unet_steps=report["base"]["unet_steps"])
+        classifier = attributes.load(world_dir / "attributes.safetensors")
+        result.update(score_base(world_dir / "base", classifier, args.seeds, args.sample_steps,
+                                 args.guidance, args.grid))
+        clip, _, _ = open_clip.create_model_and_transforms(WORLD_CLIP, pretrained=str(world_dir / "clip.safetensors"))
+        zero_shot = zero_shot_accuracy(clip)
+        result.update(evaluator_zero_shot_acc=zero_shot["shape"], evaluator_zero_shot_color_acc=zero_shot["color"])
+        concept_grid = args.grid and str(Path(args.grid).with_suffix("")) + "-concept.png"
+        result.update(concept_after_lora(world_dir, args.concept, args.lora_steps, args.concept_seeds,
+                                         Path(tmp) / "lora", concept_grid))
     print(json.dumps(result))
     return result
 

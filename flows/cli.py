@@ -2,6 +2,7 @@
 
     lifelong run                 the whole sequence: `dvc repro` with a local Prefect server
     lifelong run --engine prefect   the same DAG as one Prefect flow, without DVC
+    lifelong pretrain            re-create the world preset in models/world (about an hour)
     lifelong base | ingest NAME | train NAME | evaluate NAME | continual | register   one stage
     lifelong serve [--cron CRON]  serve the sequence flow to a Prefect server (UI, schedules)
     lifelong world-concepts [NAME ...]   render the world's concept folders into data/concepts
@@ -54,7 +55,7 @@ def print_outcome(project: Project) -> None:
 
     if project.summary_file.exists():
         summary = json.loads(project.summary_file.read_text())
-        for score in SCORES:
+        for score in (s for s in SCORES if s in summary):
             print(format_summary(score, summary[score]))
         if not summary["meaningful"]:
             print("(random-weight evaluator: these scores are reproducible, not meaningful)")
@@ -96,6 +97,7 @@ def stage(args) -> None:
 
     root = str(args.project)
     {
+        "pretrain": lambda: f.pretrain_flow(root),
         "base": lambda: f.base_flow(root),
         "ingest": lambda: f.ingest_flow(args.name, root),
         "train": lambda: f.train_flow(args.name, root),
@@ -112,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the whole lifelong sequence")
     r.add_argument("--engine", choices=["dvc", "prefect"], default="dvc")
-    for name in ("base", "register", "continual"):
+    for name in ("pretrain", "base", "register", "continual"):
         sub.add_parser(name, help=f"run the {name} stage")
     for name in ("ingest", "train", "evaluate"):
         sub.add_parser(name, help=f"run the {name} stage of one concept").add_argument("name")

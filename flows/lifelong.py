@@ -39,7 +39,7 @@ def lifelong_sequence(project_root: str = ".", force: bool = False) -> list[dict
         print(f"step {i + 1}/{len(order)} {name}: {metrics['summary']} -> "
               f"model version {registered['version']}")
     summary = continual_summary(root)
-    for score in SCORES:
+    for score in (s for s in SCORES if s in summary):
         print(format_summary(score, summary[score]))
     return records
 

@@ -18,6 +18,14 @@ def _root(project_root: str) -> str:
     return str(Path(project_root).resolve())
 
 
+@flow(name="pretrain-world")
+def pretrain_flow(project_root: str = ".") -> dict:
+    """About an hour on 2 cores; the result ships in the repository, so users rarely run it."""
+    from tasks.pretrain import pretrain_world
+
+    return pretrain_world(_root(project_root))
+
+
 @flow(name="base")
 def base_flow(project_root: str = ".") -> str:
     from tasks.base import prepare_base

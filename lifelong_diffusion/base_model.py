@@ -15,7 +15,7 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from .presets import PRESETS, materialize_preset
+from .presets import PRESETS, PresetMissingError, materialize_preset
 
 
 class BaseModelError(RuntimeError):
@@ -31,7 +31,10 @@ def preset_cache_dir() -> Path:
 def resolve_base_model(spec: str, allow_download: bool = False) -> Path:
     """Return a local folder holding a diffusers StableDiffusionPipeline for `spec`."""
     if spec in PRESETS:
-        return materialize_preset(spec, preset_cache_dir() / spec)
+        try:
+            return materialize_preset(spec, preset_cache_dir() / spec)
+        except PresetMissingError as exc:
+            raise BaseModelError(str(exc)) from exc
     folder = Path(spec).expanduser()
     if folder.exists():
         if not (folder / "model_index.json").exists():

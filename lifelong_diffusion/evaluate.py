@@ -23,6 +23,9 @@ from .stamps import fingerprint_of, inputs_key
 from .train import read_processed_concept
 
 
+REFERENCE_COLUMNS = 2  # the grid starts each concept row with two of its photos, then the samples
+
+
 @dataclass
 class EvalConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
@@ -32,6 +35,9 @@ class EvalConfig:
     text_prompt: str = "a photo of a {class_word}"  # CLIP-T text, and the class prompt
     clip_model: str = "ld-tiny-clip"
     clip_weights: str | None = None
+    # Weights of an attribute classifier (world preset): exact read-out of shape and pattern
+    # for concepts whose concept.yaml carries `world:` ground truth. null = CLIP scores only.
+    attribute_classifier: str | None = None
     device: str = "auto"
 
 
@@ -57,6 +63,39 @@ def generate(pipe, prompt: str, cfg: EvalConfig) -> list[Image.Image]:
     ).images
 
 
+class AttributeReader:
+    """Exact scores from the attribute classifier, for concepts with known ground truth.
+
+    A concept sample counts when it shows the concept's shape *and* pattern; a class-prompt
+    sample ("a photo of a star") counts when it shows the shape with no pattern, so a
+    pattern leaking into the plain class is relevant-concept forgetting. Colour is not
+    required: the classifier reads the base colour of striped or checked objects less
+    reliably (0.78-0.88) than shape and pattern (>= 0.99).
+    """
+
+    def __init__(self, weights: str):
+        from .world import attributes  # torch only; keeps the CLIP-only path free of world code
+
+        self._attributes = attributes
+        self.model = attributes.load(weights)
+
+    def concept_scores(self, images, truth: dict) -> dict[str, float]:
+        preds = self._attributes.predict(self.model, images)
+        pattern = [p["pattern"] == truth["pattern"] for p in preds]
+        both = [ok and p["shape"] == truth["shape"] for ok, p in zip(pattern, preds)]
+        return {"attr_acc": sum(both) / len(preds), "pattern_acc": sum(pattern) / len(preds)}
+
+    def class_scores(self, images, shape: str) -> dict[str, float]:
+        preds = self._attributes.predict(self.model, images)
+        return {"attr_acc": sum(p["shape"] == shape and p["pattern"] is None for p in preds) / len(preds)}
+
+
+def world_truth(processed_dir: Path) -> dict | None:
+    """The `world:` ground truth a world concept's concept.yaml carries (kept in the manifest)."""
+    manifest = json.loads((Path(processed_dir) / "manifest.json").read_text())
+    return (manifest.get("extra") or {}).get("world")
+
+
 def eval_inputs_key(snapshot_dir: Path, cfg: EvalConfig) -> str:
     return inputs_key(fingerprint_of(snapshot_dir), cfg)
 
@@ -68,24 +107,32 @@ def evaluate_snapshot(snapshot_dir: Path, processed_root: Path, out_dir: Path,
     device = pick_device(cfg.device)
     pipe = personalized_pipeline(snap, device)
     scorer = ClipScorer(cfg.clip_model, cfg.clip_weights, device)
+    reader = AttributeReader(cfg.attribute_classifier) if cfg.attribute_classifier else None
     rows, per_concept, class_prompts = [], {}, {}
     for c in snap.concepts:
         images = generate(pipe, cfg.prompt.format(**c), cfg)
-        references = read_processed_concept(Path(processed_root) / c["name"]).images
+        folder = Path(processed_root) / c["name"]
+        references = read_processed_concept(folder).images
         text = cfg.text_prompt.format(**c)
-        per_concept[c["name"]] = {"clip_i": scorer.clip_i(images, references),
-                                  "clip_t": scorer.clip_t(images, text)}
-        rows.append((f"{c['name']} {c['token']}", images))
+        scores = {"clip_i": scorer.clip_i(images, references), "clip_t": scorer.clip_t(images, text)}
+        truth = world_truth(folder) if reader else None
+        if truth:
+            scores.update(reader.concept_scores(images, truth))
+        per_concept[c["name"]] = scores
+        refs = (references + [None] * REFERENCE_COLUMNS)[:REFERENCE_COLUMNS]
+        rows.append((f"{c['name']} {c['token']}", [*refs, *images]))
     for word in dict.fromkeys(c["class_word"] for c in snap.concepts):
         text = cfg.text_prompt.format(class_word=word)
         images = generate(pipe, text, cfg)
         class_prompts[word] = {"clip_t": scorer.clip_t(images, text)}
-        rows.append((text, images))
+        if reader:
+            class_prompts[word].update(reader.class_scores(images, word))
+        rows.append((text, [None] * REFERENCE_COLUMNS + images))
     metrics = {
         "step": snap.step, "concept": snap.name, "method": snap.method,
         "meaningful": scorer.meaningful, "evaluator": cfg.clip_model,
         "summary": {k: sum(v[k] for v in per_concept.values()) / len(per_concept)
-                    for k in ("clip_i", "clip_t")},
+                    for k in per_concept[snap.name]},
         "per_concept": per_concept, "class_prompts": class_prompts,
         "inputs": eval_inputs_key(snapshot_dir, cfg),
     }

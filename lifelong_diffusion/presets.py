@@ -56,13 +56,34 @@ def _tiny_random_pipeline() -> StableDiffusionPipeline:
     )
 
 
-PRESETS = {"tiny-random": build_tiny_random}
+# The embedded world's pretrained models ship with the repository (written by `lifelong pretrain`).
+WORLD_DIR = Path(__file__).resolve().parents[1] / "models" / "world"
+
+
+class PresetMissingError(FileNotFoundError):
+    """A shipped preset's files are not where they should be."""
+
+
+def world_base_dir() -> Path:
+    folder = WORLD_DIR / "base"
+    if not (folder / "model_index.json").exists():
+        raise PresetMissingError(
+            f"the 'world' preset's pipeline {folder} is missing; restore it from git "
+            "(`git checkout -- models/world`) or re-create it with `lifelong pretrain` (about an hour)")
+    return folder
+
+
+BUILT_PRESETS = {"tiny-random": build_tiny_random}  # built on first use into the cache
+SHIPPED_PRESETS = {"world": world_base_dir}  # folders in the repository
+PRESETS = (*BUILT_PRESETS, *SHIPPED_PRESETS)
 
 
 def materialize_preset(name: str, folder: Path) -> Path:
-    """Write preset `name` as a diffusers folder once; later calls reuse it."""
+    """The diffusers folder of preset `name`: a shipped one as is, a built one written to `folder` once."""
+    if name in SHIPPED_PRESETS:
+        return SHIPPED_PRESETS[name]()
     if (folder / "model_index.json").exists():
         return folder
     with atomic_dir(folder) as tmp:
-        PRESETS[name]().save_pretrained(tmp)
+        BUILT_PRESETS[name]().save_pretrained(tmp)
     return folder

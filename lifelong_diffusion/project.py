@@ -74,7 +74,12 @@ class Project:
     def eval_config(self):
         from .evaluate import EvalConfig
 
-        return EvalConfig(**self.section("evaluate"))
+        cfg = EvalConfig(**self.section("evaluate"))
+        # weight files named relative to the project, wherever the command runs from
+        for key in ("clip_weights", "attribute_classifier"):
+            if getattr(cfg, key):
+                setattr(cfg, key, str(self.root / getattr(cfg, key)))
+        return cfg
 
 
 def sequence_order(sequence, source: Path) -> list[str]:

@@ -9,7 +9,7 @@ from prefect import task
 from lifelong_diffusion.cl_metrics import score_matrix, summarize
 from lifelong_diffusion.project import Project
 
-SCORES = ("clip_i", "clip_t")
+SCORES = ("attr_acc", "clip_i", "clip_t")  # attr_acc only where an attribute classifier scored
 
 
 @task(name="continual-summary")
@@ -19,7 +19,7 @@ def continual_summary(project_root: str) -> dict:
     steps = [json.loads((project.eval_dir(n) / "metrics.json").read_text())
              for n in project.sequence()]
     summary = {"steps": len(steps), "meaningful": all(m["meaningful"] for m in steps)}
-    for key in SCORES:
+    for key in (k for k in SCORES if all(k in v for m in steps for v in m["per_concept"].values())):
         names, R = score_matrix(steps, key)
         summary[key] = {**summarize(R), "concepts": names, "R": R}
     project.summary_file.parent.mkdir(exist_ok=True)

@@ -101,3 +101,18 @@ def test_folder_without_model_index(tmp_path):
 def test_pick_device():
     assert pick_device("cpu") == "cpu"
     assert pick_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_world_preset_is_the_shipped_folder():
+    from lifelong_diffusion.presets import WORLD_DIR
+
+    assert resolve_base_model("world") == WORLD_DIR / "base"
+
+
+def test_missing_world_preset_says_how_to_restore_it(monkeypatch, tmp_path):
+    monkeypatch.setattr("lifelong_diffusion.presets.WORLD_DIR", tmp_path / "world")
+    with pytest.raises(BaseModelError) as info:
+        resolve_base_model("world")
+    msg = str(info.value)
+    assert str(tmp_path / "world" / "base") in msg
+    assert "git checkout -- models/world" in msg and "lifelong pretrain" in msg

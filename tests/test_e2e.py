@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slow
 def tiny_params(names: list[str]) -> dict:
     """The repo's params.yaml with step counts cut to the bone and a shorter sequence."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["base"].update(model="tiny-random")  # plumbing tests: the fastest base and evaluator
+    params["evaluate"].update(clip_model="ld-tiny-clip", clip_weights=None, attribute_classifier=None)
     params["train"].update(steps=3)
     params["evaluate"].update(seeds=[0, 1], steps=2)
     params["sequence"] = {n: {"prev": p} for p, n in zip(["base"] + names, names)}

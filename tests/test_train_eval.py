@@ -218,7 +218,7 @@ def evaluated(run, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     first = evaluate_snapshot(run["adapters"] / C2, run["processed"], out / "a", EVAL)
     second = evaluate_snapshot(run["adapters"] / C2, run["processed"], out / "b", EVAL)
-    return {"out": out, "first": first, "second": second}
+    return {"out": out, "first": first, "second": second, "processed": run["processed"]}
 
 
 def test_metrics(evaluated, run):
@@ -250,12 +250,20 @@ def test_grid(evaluated):
     files = sorted(p.name for p in (evaluated["out"] / "a").iterdir())
     assert files == ["grid.png", "metrics.json"]
     with Image.open(evaluated["out"] / "a" / "grid.png") as grid:
-        # 2 concepts + 2 class prompts as rows, one column per seed, 96px cells + 4px gaps
-        assert grid.size == (LABEL_WIDTH + 2 * (96 + 4), 4 * (96 + 4))
-        assert grid.size == (220 + 2 * (96 + 4), 4 * (96 + 4))
+        # 2 concepts + 2 class prompts as rows; 2 reference columns, then one column per seed;
+        # 96px cells + 4px gaps
+        assert grid.size == (LABEL_WIDTH + 4 * (96 + 4), 4 * (96 + 4))
+        assert grid.size == (220 + 4 * (96 + 4), 4 * (96 + 4))
         pixels = np.asarray(grid.convert("RGB"))
-    cell = pixels[:96, LABEL_WIDTH:LABEL_WIDTH + 96]
-    assert not (cell == 255).all()  # a generated image was pasted, not left white
+
+    def cell(row: int, col: int) -> np.ndarray:
+        x, y = LABEL_WIDTH + col * (96 + 4), row * (96 + 4)
+        return pixels[y:y + 96, x:x + 96]
+
+    reference = Image.open(evaluated["processed"] / C1 / "000.png").convert("RGB")
+    assert np.array_equal(cell(0, 0), np.asarray(reference.resize((96, 96), Image.NEAREST)))
+    assert not (cell(0, 2) == 255).all()  # a generated image was pasted, not left white
+    assert (cell(2, 0) == 255).all()  # class prompts have no references: blank cells
 
 
 def test_evaluation_is_reproducible(evaluated):

@@ -1,20 +1,33 @@
-"""Quick versions of the world's pretraining and attribute classifier (tiny step counts):
-they check the plumbing and the file formats; benchmarks/world.py measures quality."""
+"""Quick versions of the world's pretraining and evaluators (tiny step counts): they check
+the plumbing and the file formats; benchmarks/world.py measures quality."""
 from __future__ import annotations
 
+import json
+
+import open_clip
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
 from lifelong_diffusion.world.attributes import accuracy, load, predict, save, train_attribute_classifier
-from lifelong_diffusion.world.pretrain import PretrainConfig, pretrain_world_model
+from lifelong_diffusion.world.build import WorldBuildConfig, build_world_models
+from lifelong_diffusion.world.evaluator import WORLD_CLIP
 from lifelong_diffusion.world.render import Scene, render
 
+TINY = {"n_images": 64, "vae_steps": 2, "vae_batch": 8, "steps": 2, "batch_size": 8,
+        "warmup_steps": 1, "log_every": 1, "clip_steps": 3, "clip_pool": 64, "attribute_steps": 2,
+        "attribute_pool": 64}
 
-def test_pretrained_folder_loads_with_plain_diffusers(tmp_path):
-    cfg = PretrainConfig(n_images=64, vae_steps=2, vae_batch=8, steps=2, batch_size=8,
-                         warmup_steps=1, log_every=1)
-    pretrain_world_model(cfg, tmp_path / "base", progress=False)
-    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "base")
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world") / "world"
+    build_world_models(WorldBuildConfig.from_params(TINY), out, log=None)
+    return out
+
+
+def test_pretrained_folder_loads_with_plain_diffusers(tiny_world):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_world / "base")
     image = pipe("a red star on a gray background", num_inference_steps=2, height=32, width=32,
                  generator=torch.Generator().manual_seed(0), output_type="np").images[0]
     assert image.shape == (32, 32, 3)
@@ -22,11 +35,50 @@ def test_pretrained_folder_loads_with_plain_diffusers(tmp_path):
     assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 32
 
 
+def test_world_clip_loads_with_plain_open_clip(tiny_world):
+    import lifelong_diffusion.clip_score  # noqa: F401  registers the project's model configs
+
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        WORLD_CLIP, pretrained=str(tiny_world / "clip.safetensors"))
+    image = preprocess(render(Scene("star", "red", "gray"), 64))[None]
+    text = open_clip.get_tokenizer(WORLD_CLIP)(["a photo of a star"])
+    with torch.no_grad():
+        assert model.encode_image(image).shape == model.encode_text(text).shape == (1, 64)
+
+
+def test_build_report_and_unknown_params(tiny_world):
+    report = json.loads((tiny_world / "pretrain.json").read_text())
+    assert report["base"]["unet_steps"] == 2 and report["config"]["clip_steps"] == 3
+    assert report["pretrain_seconds"] >= report["base"]["pretrain_seconds"] > 0
+    assert (tiny_world / "attributes.safetensors").stat().st_size > 0
+    with pytest.raises(ValueError, match="unknown keys.*'stesp'"):
+        WorldBuildConfig.from_params({"stesp": 3})
+
+
 def test_attribute_classifier_learns_quickly_and_round_trips(tmp_path):
-    model = train_attribute_classifier(seed=0, steps=150, pool_size=2000)
+    model = train_attribute_classifier(seed=0, steps=150, pool_size=1000)
     scores = accuracy(model, n=300)
     assert scores["pattern"] > 0.5 and scores["color"] > 0.3  # chance: 0.2 and 0.125
-    save(model, tmp_path / "attr.pt")
+    save(model, tmp_path / "attr.safetensors")
     image = render(Scene("star", "red", "gray"))
-    assert predict(load(tmp_path / "attr.pt"), [image]) == predict(model, [image])
+    assert predict(load(tmp_path / "attr.safetensors"), [image]) == predict(model, [image])
     assert set(predict(model, [image])[0]) >= {"shape", "color", "pattern"}
+
+
+def test_shipped_attribute_reader_scores_true_images_exactly(world_concepts):
+    """The shipped classifier, as evaluation uses it: a concept's own photos show its shape and
+    pattern; plain renders of the class count for the class prompt, patterned ones do not."""
+    from lifelong_diffusion.evaluate import AttributeReader, world_truth
+    from lifelong_diffusion.presets import WORLD_DIR
+    from lifelong_diffusion.train import read_processed_concept
+
+    reader = AttributeReader(str(WORLD_DIR / "attributes.safetensors"))
+    folder = world_concepts / "processed" / "striped-star"
+    truth = world_truth(folder)
+    assert truth == {"shape": "star", "color": "yellow", "pattern": "stripes", "pattern_color": "blue"}
+    photos = read_processed_concept(folder).images
+    assert reader.concept_scores(photos, truth) == {"attr_acc": 1.0, "pattern_acc": 1.0}
+    assert reader.concept_scores(photos, {**truth, "pattern": "dots"})["pattern_acc"] == 0.0
+    plain = [render(Scene("star", c, "gray", cx=0.4 + 0.05 * i)) for i, c in enumerate(("red", "blue", "green"))]
+    assert reader.class_scores(plain, "star") == {"attr_acc": 1.0}
+    assert reader.class_scores(photos, "star") == {"attr_acc": 0.0}

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .render import COLORS, PATTERNS, SHAPES, render, sample_scene
@@ -69,7 +70,7 @@ def render_labelled(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, dic
     return x, {k: torch.tensor(v) for k, v in labels.items()}
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random partial blur plus pixel noise: the artefacts generated images have, not new content."""
     blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     mix = torch.rand(x.shape[0], 1, 1, 1, generator=gen) * 0.7
@@ -101,7 +102,7 @@ def train_attribute_classifier(seed: int = 0, steps: int = 2500, batch_size: int
     model.train()
     for _ in range(steps):
         pick = torch.randint(0, pool_size, (batch_size,), generator=gen)
-        _train_step(model, opt, _augment(pool[pick], gen), {k: v[pick] for k, v in pool_labels.items()})
+        _train_step(model, opt, augment(pool[pick], gen), {k: v[pick] for k, v in pool_labels.items()})
         sched.step()
     return model.eval()
 
@@ -145,10 +146,14 @@ def accuracy(model: AttributeNet, n: int = 2000, seed: int = 12345) -> dict[str,
 
 
 def save(model: AttributeNet, path: Path) -> None:
-    torch.save(model.state_dict(), Path(path))
+    save_file(model.state_dict(), str(path))
 
 
 def load(path: Path) -> AttributeNet:
+    """Weights written by `save` (safetensors); a clear error if the file is missing."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"attribute classifier {path} does not exist; train it with "
+                                "`lifelong pretrain` or set evaluate.attribute_classifier to null")
     model = AttributeNet()
-    model.load_state_dict(torch.load(Path(path), map_location="cpu", weights_only=True))
+    model.load_state_dict(load_file(str(path)))
     return model.eval()

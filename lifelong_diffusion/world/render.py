@@ -211,12 +211,15 @@ def sample_scene(
     pattern: str | None = None,
     pattern_color: str | None = None,
     include_heldout: bool = False,
+    spread: float = 1.0,
 ) -> Scene:
     """A random scene; any attribute given is kept fixed.
 
     Held-out (color, shape) pairs are skipped unless `include_heldout`, except
     when the caller fixes both, which is an explicit request for that pair.
     A pattern without a pattern_color gets a random colour other than `color`.
+    `spread` scales how far the centre may wander from the middle (1: anywhere the
+    object fits, 0: always centred).
     """
     combos = [(c, s) for s in SHAPES for c in COLORS if shape in (None, s) and color in (None, c)]
     if not include_heldout and (shape is None or color is None):
@@ -231,13 +234,13 @@ def sample_scene(
     rotation = float(rng.uniform(-MAX_ROTATION, MAX_ROTATION))
     # Keep the rotated outline inside the frame.
     reach = np.abs(_outline(shape, rotation)).max(axis=0) * size / 2
-    cx, cy = (float(rng.uniform(r, 1 - r)) for r in reach)
+    cx, cy = (0.5 + spread * (float(rng.uniform(r, 1 - r)) - 0.5) for r in reach)
     return Scene(shape, color, background, pattern, pattern_color, cx, cy, size, rotation)
 
 
-def base_dataset(n: int, seed: int, size: int = 32,
-                 include_heldout: bool = False) -> list[tuple[Image.Image, str]]:
+def base_dataset(n: int, seed: int, size: int = 32, include_heldout: bool = False,
+                 spread: float = 1.0) -> list[tuple[Image.Image, str]]:
     """`n` plain (image, caption) pairs for pretraining; a prefix of a longer run with the same seed."""
     rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, include_heldout=include_heldout) for _ in range(n)]
+    scenes = [sample_scene(rng, include_heldout=include_heldout, spread=spread) for _ in range(n)]
     return [(render(scene, size), caption(scene)) for scene in scenes]
