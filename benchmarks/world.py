@@ -33,7 +33,7 @@ from lifelong_diffusion.world import attributes, concept_by_name, write_concept_
 from lifelong_diffusion.world.build import WorldBuildConfig, build_world_models
 from lifelong_diffusion.world.evaluator import WORLD_CLIP, zero_shot_accuracy
 from lifelong_diffusion.world.pretrain import seen_prompts
-from lifelong_diffusion.world.render import BACKGROUNDS, HELDOUT_COMBOS, Scene, caption
+from lifelong_diffusion.world.render import BACKGROUNDS, COLORS, HELDOUT_COMBOS, SHAPES, Scene, caption
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,11 +84,20 @@ def score_base(pipe_dir: Path, classifier, n_seeds: int, steps: int, guidance: f
     held = score(classifier, heldout, images_held)
     result.update({f"{k}_heldout": v for k, v in held.items()})
     if grid:
-        rows = [(r[2].removesuffix(" background"), images_seen[j:j + n_seeds])
-                for j, r in enumerate(seen) if j % n_seeds == 0]
-        image_grid(rows + [(f"HELD {r[2]}", images_held[j:j + n_seeds])
-                           for j, r in enumerate(heldout) if j % n_seeds == 0], cell=48).save(grid)
+        first_seed = {(r[0], r[1]): im for r, im in zip(seen + heldout, images_seen + images_held)
+                      if r[3] == 0}
+        shape_grid(first_seed).save(grid)
     return result
+
+
+def shape_grid(images: dict[tuple[str, str], object]):
+    """One row per shape, one column per colour (in COLORS order): the whole vocabulary at a glance."""
+    rows = []
+    for shape in SHAPES:
+        held = [c for c in COLORS if (c, shape) in HELDOUT_COMBOS]
+        label = f"{shape} (held out: {', '.join(held)})" if held else shape
+        rows.append((label, [images.get((color, shape)) for color in COLORS]))
+    return image_grid(rows, cell=48)
 
 
 def concept_after_lora(world_dir: Path, concept: str, steps: int, n_seeds: int, work: Path,

@@ -210,7 +210,7 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
     for step in bar:
         loss, _ = training_step(student, method, optimizer, latents, prompt_ids, gen, step)
         losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar itself decides when to redraw
     snap = student.snapshot(prev, concept, method, cfg)
     log = {"loss": losses, "seconds": time.perf_counter() - started, "steps": cfg.steps}
     return save_snapshot(snap, out_dir, train_log=log,
