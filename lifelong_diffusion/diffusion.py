@@ -27,3 +27,26 @@ def denoising_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.
     if kind == "v_prediction":
         return scheduler.get_velocity(x0, noise, t)
     return noise if kind == "epsilon" else x0
+
+
+@torch.no_grad()
+def sample_latents(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, steps: int,
+                   guidance: float, generator: torch.Generator) -> torch.Tensor:
+    """Clean latents for each row of `cond` by DDIM with classifier-free guidance.
+
+    A bare loop instead of the diffusers pipeline: callers want latents, not images, from
+    whichever adapter is active on `unet`, without touching the pipeline's own scheduler.
+    """
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    size = unet.config.sample_size
+    latents = torch.randn((len(cond), unet.config.in_channels, size, size), generator=generator)
+    latents = (latents * ddim.init_noise_sigma).to(cond)
+    both = torch.cat([uncond.expand_as(cond), cond])
+    for t in ddim.timesteps:
+        out_uncond, out_cond = unet(torch.cat([latents, latents]), t, both).sample.chunk(2)
+        guided = out_uncond + guidance * (out_cond - out_uncond)
+        latents = ddim.step(guided, t, latents).prev_sample
+    return latents

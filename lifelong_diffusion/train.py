@@ -34,7 +34,9 @@ DEFAULT_TEMPLATES = ("a photo of {token} {class_word}", "a rendering of {token} 
 @dataclass
 class TrainConfig:
     method: str = "naive"
-    method_params: dict = field(default_factory=dict)
+    # Per method name, that method's parameters; only the selected method's entry is used, so
+    # `dvc exp run -S train.method=lfs_kd` switches method without editing anything else.
+    method_params: dict[str, dict] = field(default_factory=dict)
     steps: int = 200
     batch_size: int = 4
     lr: float = 1e-3
@@ -54,8 +56,12 @@ class TrainConfig:
         """Scalar view for tracking (lists joined, method params prefixed)."""
         out = {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str))}
         out["lora_targets"] = ",".join(self.lora_targets)
-        out.update({f"method.{k}": v for k, v in self.method_params.items()})
+        out.update({f"method.{k}": v for k, v in self.selected_method_params.items()})
         return out
+
+    @property
+    def selected_method_params(self) -> dict:
+        return self.method_params.get(self.method) or {}
 
 
 @dataclass
@@ -194,24 +200,27 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
         raise ValueError(f"{concept_dir} holds {concept.images[0].size} images but the base model "
                          f"works at {resolution}px: set ingest.resolution: {resolution} in "
                          "params.yaml and ingest again.")
-    method = build_method(cfg.method, cfg.method_params)
+    method = build_method(cfg.method, cfg.selected_method_params)
     torch.manual_seed(cfg.seed)  # after loading: fresh LoRA weights must not depend on the cache
     student = Student(pipe, prev, concept, cfg, method)
+    method.prepare(student, prev, concept)
     latents = encode_latents(pipe, concept.images)
     templates = concept.prompts or cfg.prompt_templates
     prompt_ids = tokenize(pipe.tokenizer, [t.format(token=concept.token, class_word=concept.class_word)
                                            for t in templates])
     optimizer = torch.optim.AdamW(student.parameter_groups(cfg), weight_decay=1e-4)
     gen = torch.Generator().manual_seed(cfg.seed)
-    losses = []
+    losses, denoise_losses = [], []
     # mininterval keeps logs short when stderr is a file (DVC, Prefect workers, CI)
     bar = tqdm(range(cfg.steps), desc=f"train {concept.name}", disable=not progress,
                mininterval=1.0 if sys.stderr.isatty() else 15.0)
     for step in bar:
-        loss, _ = training_step(student, method, optimizer, latents, prompt_ids, gen, step)
+        loss, denoise = training_step(student, method, optimizer, latents, prompt_ids, gen, step)
         losses.append(loss)
+        denoise_losses.append(denoise)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar itself decides when to redraw
     snap = student.snapshot(prev, concept, method, cfg)
-    log = {"loss": losses, "seconds": time.perf_counter() - started, "steps": cfg.steps}
+    log = {"loss": losses, "denoise": denoise_losses, "seconds": time.perf_counter() - started,
+           "steps": cfg.steps}
     return save_snapshot(snap, out_dir, train_log=log,
                          inputs=train_inputs_key(prev_dir, concept_dir, cfg))

@@ -272,6 +272,8 @@ def _step_metrics(snapshot: dict, snapshot_dir: Path, eval_metrics: dict) -> lis
     train_log = _read_json(snapshot_dir / "train_log.json")
     now, step = int(time.time() * 1000), int(snapshot["step"])
     metrics = [Metric("train_loss", float(v), now, i) for i, v in enumerate(train_log["loss"])]
+    # the denoising part alone; it differs from train_loss by the method's regularizer
+    metrics += [Metric("train_denoise", float(v), now, i) for i, v in enumerate(train_log.get("denoise", []))]
     metrics.append(Metric("train_seconds", float(train_log["seconds"]), now, step))
     metrics += [Metric(key, value, now, step) for key, value in _numeric_leaves(eval_metrics)]
     return metrics

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect.logging import disable_run_logger
 
@@ -17,12 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 FIRST, SECOND = "striped-star", "dotted-heart"
 
 
-def project_with_two_concepts(root: Path) -> Path:
+def project_with_two_concepts(root: Path, method: str = "naive") -> Path:
     root.mkdir()
     for name in (FIRST, SECOND):
         shutil.copytree(REPO / "data" / "concepts" / name, root / "data" / "concepts" / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"]["steps"] = 3
+    params["train"].update(steps=3, method=method)
+    params["train"]["method_params"] = {"lfs_kd": {"samples_per_prompt": 1, "sampler_steps": 2}}
     params["sequence"] = {FIRST: {"prev": "base"}, SECOND: {"prev": FIRST}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
@@ -32,8 +34,10 @@ def fingerprint(root: Path, name: str) -> str:
     return json.loads((root / "adapters" / name / "snapshot.json").read_text())["fingerprint"]
 
 
-def test_step_two_is_identical_without_the_first_concepts_data(tmp_path):
-    root = str(project_with_two_concepts(tmp_path / "p"))
+@pytest.mark.parametrize("method", ["naive", "lfs_kd"])
+def test_step_two_is_identical_without_the_first_concepts_data(tmp_path, method):
+    """lfs_kd distils on the teacher's own samples of the first concept, never its photos."""
+    root = str(project_with_two_concepts(tmp_path / "p", method))
     with disable_run_logger():  # the tasks' own functions, without a Prefect server
         prepare_base.fn(root)
         for name in (FIRST, SECOND):

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from .base import Method, StepContext
+from .lfs_kd import LfsKD
 from .naive import Naive
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Naive,)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Naive, LfsKD)}
 
 
 def build_method(name: str, params: dict | None = None) -> Method:

@@ -3,9 +3,13 @@ state it carries to the next step. The shared step (train.py) owns everything el
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import torch
+
+if TYPE_CHECKING:
+    from ..snapshot import Snapshot
+    from ..train import Concept, Student
 
 
 @dataclass
@@ -25,6 +29,9 @@ class Method:
     name: ClassVar[str]
     #: start each concept from a fresh adapter instead of continuing S_{t-1}'s
     fresh_adapter: ClassVar[bool] = False
+
+    def prepare(self, student: "Student", prev: "Snapshot", concept: "Concept") -> None:
+        """Called once before the first optimizer step, with teacher and student in place."""
 
     def regularizer(self, ctx: StepContext) -> torch.Tensor | None:
         """Extra loss for this optimizer step; None adds nothing."""
