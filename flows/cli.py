@@ -50,15 +50,11 @@ def print_outcome(project: Project) -> None:
     """Where to look after a run: the last grid and the forgetting summary."""
     last = project.sequence()[-1]
     print(f"\nsamples after the last step: {project.eval_dir(last) / 'grid.png'}")
-    from lifelong_diffusion.cl_metrics import format_summary
-    from tasks.continual import SCORES
+    from lifelong_diffusion.cl_metrics import format_report
 
     if project.summary_file.exists():
-        summary = json.loads(project.summary_file.read_text())
-        for score in (s for s in SCORES if s in summary):
-            print(format_summary(score, summary[score]))
-        if not summary["meaningful"]:
-            print("(random-weight evaluator: these scores are reproducible, not meaningful)")
+        print(f"R heatmaps and curves: {project.summary_file.parent}/")
+        print("\n".join(format_report(json.loads(project.summary_file.read_text()))))
 
 
 def serve(root: Path, cron: str | None) -> int:

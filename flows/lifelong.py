@@ -1,5 +1,6 @@
-"""The DAG: base -> for each concept in order: ingest -> train step -> evaluate -> register,
-then the continual-learning summary of the whole sequence.
+"""The DAG: base -> ingest every concept -> evaluate the base on their class prompts -> for
+each concept in order: train step -> evaluate -> register; then the continual-learning
+summary of the whole sequence.
 
 `lifelong_sequence` runs the whole sequence as one Prefect flow (what the Prefect UI
 schedules). Steps whose outputs were computed from the same inputs are skipped, so a crashed
@@ -12,13 +13,13 @@ from pathlib import Path
 
 from prefect import flow
 
-from lifelong_diffusion.cl_metrics import format_summary
-from lifelong_diffusion.project import Project
+from lifelong_diffusion.cl_metrics import format_report
+from lifelong_diffusion.project import BASE, Project
 from tasks.base import prepare_base
-from tasks.continual import SCORES, continual_summary
+from tasks.continual import continual_summary
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
-from tasks.register import register
+from tasks.register import log_report, register
 from tasks.train import train_step
 
 
@@ -28,9 +29,11 @@ def lifelong_sequence(project_root: str = ".", force: bool = False) -> list[dict
     root = str(Path(project_root).resolve())
     order = Project(Path(root)).sequence()
     prepare_base(root, force=force)
+    for name in order:
+        ingest(root, name)
+    evaluate(root, BASE, force=force)  # class prompts before any step: the drift reference
     records = []
     for i, name in enumerate(order):
-        ingest(root, name)
         train_step(root, name, force=force)
         metrics = evaluate(root, name, force=force)
         registered = register(root, name, is_last=i == len(order) - 1)
@@ -38,9 +41,8 @@ def lifelong_sequence(project_root: str = ".", force: bool = False) -> list[dict
                         "version": registered["version"]})
         print(f"step {i + 1}/{len(order)} {name}: {metrics['summary']} -> "
               f"model version {registered['version']}")
-    summary = continual_summary(root)
-    for score in (s for s in SCORES if s in summary):
-        print(format_summary(score, summary[score]))
+    print("\n".join(format_report(continual_summary(root))))
+    log_report(root)
     return records
 
 

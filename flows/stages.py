@@ -63,14 +63,16 @@ def continual_flow(project_root: str = ".") -> dict:
 
 @flow(name="register")
 def register_flow(project_root: str = ".") -> list[dict]:
-    """Register every step of the sequence in order (idempotent: known steps are reused) and
-    write registry.json, the stage's output that records which version holds which step."""
-    from tasks.register import register
+    """Register every step of the sequence in order (idempotent: known steps are reused), put
+    the continual report on the sequence's run, and write registry.json, the stage's output
+    that records which version holds which step."""
+    from tasks.register import log_report, register
 
     root = Path(_root(project_root))
     order = Project(root).sequence()
     records = [register(str(root), name, is_last=i == len(order) - 1)
                for i, name in enumerate(order)]
+    log_report(str(root))
     summary = [{"concept": n, "model_name": r["model_name"], "version": r["version"],
                 "aliases": r["aliases"]} for n, r in zip(order, records)]
     (root / "registry.json").write_text(json.dumps(summary, indent=2) + "\n")

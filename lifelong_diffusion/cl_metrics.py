@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from statistics import mean
 
+SCORES = ("attr_acc", "clip_i", "clip_t")  # attr_acc only where an attribute classifier scored
+
 
 def score_matrix(step_metrics: list[dict], key: str) -> tuple[list[str], list[list[float | None]]]:
     """Build R from the metrics.json of each step (in step order) for one score, e.g. clip_i."""
@@ -30,8 +32,45 @@ def summarize(R: list[list[float | None]]) -> dict[str, float | None]:
     return summary
 
 
+def relevant_drift(base_metrics: dict, final_metrics: dict, key: str) -> dict | None:
+    """Relevant-concept drift: class-prompt score under the base model minus under the final
+    model ("a photo of a star" before and after learning my star); positive = forgotten.
+    None when neither evaluation scored `key` on a common class prompt."""
+    base, final = base_metrics["class_prompts"], final_metrics["class_prompts"]
+    per_class = {word: base[word][key] - scores[key] for word, scores in final.items()
+                 if key in scores and key in base.get(word, {})}
+    if not per_class:
+        return None
+    return {"drift": mean(per_class.values()), "per_class": per_class}
+
+
+def curve_rows(base_metrics: dict, step_metrics: list[dict], keys: list[str]) -> list[dict]:
+    """Long-format rows (after_step, prompt, score...) of every concept and class prompt after
+    every step, the base's class prompts as step 0: the per-concept curves of the DVC plots."""
+    rows = []
+    for metrics in [base_metrics, *step_metrics]:
+        scored = [(name, v) for name, v in metrics["per_concept"].items()]
+        scored += [(f"class: {word}", v) for word, v in metrics["class_prompts"].items()]
+        for name, scores in scored:
+            rows.append({"after_step": metrics["step"], "prompt": name,
+                         **{k: scores.get(k) for k in keys}})
+    return rows
+
+
 def format_summary(score: str, summary: dict) -> str:
     """One line such as `clip_i: A=0.926  LA=0.928  F=0.002  BWT=-0.002` (n/a when undefined)."""
     figures = "  ".join(f"{k}={summary[k]:.3f}" if summary[k] is not None else f"{k}=n/a"
                         for k in ("A", "LA", "F", "BWT"))
     return f"{score}: {figures}"
+
+
+def format_report(summary: dict) -> list[str]:
+    """The lines a finished run prints: one per score, then relevant-concept drift."""
+    lines = [format_summary(score, summary[score]) for score in SCORES if score in summary]
+    drift = summary.get("drift") or {}
+    if drift:
+        lines.append("relevant-concept drift (class prompts, base - final): " + "  ".join(
+            f"{key}={d['drift']:+.3f}" for key, d in drift.items()))
+    if not summary["meaningful"]:
+        lines.append("(random-weight evaluator: these scores are reproducible, not meaningful)")
+    return lines

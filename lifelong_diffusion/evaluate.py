@@ -96,13 +96,15 @@ def world_truth(processed_dir: Path) -> dict | None:
     return (manifest.get("extra") or {}).get("world")
 
 
-def eval_inputs_key(snapshot_dir: Path, cfg: EvalConfig) -> str:
-    return inputs_key(fingerprint_of(snapshot_dir), cfg)
+def eval_inputs_key(snapshot_dir: Path, cfg: EvalConfig, class_words: list[str] = ()) -> str:
+    return inputs_key(fingerprint_of(snapshot_dir), cfg, *class_words)
 
 
 def evaluate_snapshot(snapshot_dir: Path, processed_root: Path, out_dir: Path,
-                      cfg: EvalConfig) -> dict:
-    """Score S_t on every concept learned so far; writes metrics.json and grid.png."""
+                      cfg: EvalConfig, class_words: list[str] = ()) -> dict:
+    """Score S_t on every concept learned so far and on the class prompts of their class
+    words plus `class_words` (S_0 is scored on the whole sequence's class words: the
+    reference for relevant-concept drift); writes metrics.json and grid.png."""
     snap = load_snapshot(snapshot_dir)
     device = pick_device(cfg.device)
     pipe = personalized_pipeline(snap, device)
@@ -121,7 +123,7 @@ def evaluate_snapshot(snapshot_dir: Path, processed_root: Path, out_dir: Path,
         per_concept[c["name"]] = scores
         refs = (references + [None] * REFERENCE_COLUMNS)[:REFERENCE_COLUMNS]
         rows.append((f"{c['name']} {c['token']}", [*refs, *images]))
-    for word in dict.fromkeys(c["class_word"] for c in snap.concepts):
+    for word in dict.fromkeys([c["class_word"] for c in snap.concepts] + list(class_words)):
         text = cfg.text_prompt.format(class_word=word)
         images = generate(pipe, text, cfg)
         class_prompts[word] = {"clip_t": scorer.clip_t(images, text)}
@@ -132,9 +134,9 @@ def evaluate_snapshot(snapshot_dir: Path, processed_root: Path, out_dir: Path,
         "step": snap.step, "concept": snap.name, "method": snap.method,
         "meaningful": scorer.meaningful, "evaluator": cfg.clip_model,
         "summary": {k: sum(v[k] for v in per_concept.values()) / len(per_concept)
-                    for k in per_concept[snap.name]},
+                    for k in per_concept.get(snap.name, {})},  # S_0 has no concept yet
         "per_concept": per_concept, "class_prompts": class_prompts,
-        "inputs": eval_inputs_key(snapshot_dir, cfg),
+        "inputs": eval_inputs_key(snapshot_dir, cfg, class_words),
     }
     if not scorer.meaningful:
         metrics["note"] = ("evaluator has random weights (evaluate.clip_weights is null): "

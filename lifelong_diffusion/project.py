@@ -7,6 +7,8 @@ spelled out and checked here.
 """
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,17 @@ class Project:
     def sequence(self) -> list[str]:
         """Concept names in learning order, following the `prev` links from `base`."""
         return sequence_order(self.params.get("sequence") or {}, self.root / self.params_file)
+
+    def class_words(self) -> list[str]:
+        """Class words of the whole sequence, in learning order, from the ingested manifests."""
+        words = []
+        for name in self.sequence():
+            manifest = self.processed_dir(name) / "manifest.json"
+            if not manifest.exists():
+                raise FileNotFoundError(f"{manifest} is missing: ingest '{name}' first "
+                                        f"(`lifelong ingest {name}` or `dvc repro`).")
+            words.append(json.loads(manifest.read_text())["class_word"])
+        return list(dict.fromkeys(words))
 
     def previous(self, name: str) -> str:
         order = self.sequence()

@@ -9,7 +9,7 @@ from prefect import task
 from lifelong_diffusion.project import Project
 from lifelong_diffusion.stamps import inputs_key
 
-from .tracking import default_tracking_uri, register_step
+from .tracking import default_tracking_uri, log_sequence_report, register_step
 
 
 def model_name_for(project: Project, method: str) -> str:
@@ -18,15 +18,34 @@ def model_name_for(project: Project, method: str) -> str:
     return project.section("register").get("model_name", "lifelong-{method}").format(method=method)
 
 
+def sequence_run(project: Project, snapshot: dict) -> dict:
+    """Which MLflow parent run a snapshot's sequence logs to: one per experiment, base
+    model and method."""
+    experiment = project.section("register").get("experiment", "lifelong-diffusion")
+    return {"experiment": experiment,
+            "sequence_id": inputs_key(experiment, snapshot["base_model"], snapshot["method"]),
+            "sequence_tags": {"base_model": snapshot["base_model"], "method": snapshot["method"]},
+            "tracking_uri": default_tracking_uri(project.root)}
+
+
+def _snapshot(project: Project, name: str) -> dict:
+    return json.loads((project.snapshot_dir(name) / "snapshot.json").read_text())
+
+
 @task(name="register")
 def register(project_root: str, name: str, is_last: bool) -> dict:
     project = Project(Path(project_root))
-    snapshot = json.loads((project.snapshot_dir(name) / "snapshot.json").read_text())
-    experiment = project.section("register").get("experiment", "lifelong-diffusion")
-    return register_step(
-        project.snapshot_dir(name), project.eval_dir(name),
-        model_name=model_name_for(project, snapshot["method"]), experiment=experiment,
-        sequence_id=inputs_key(experiment, snapshot["base_model"], snapshot["method"]),
-        sequence_tags={"base_model": snapshot["base_model"], "method": snapshot["method"]},
-        is_last=is_last, tracking_uri=default_tracking_uri(project.root),
-    )
+    snapshot = _snapshot(project, name)
+    return register_step(project.snapshot_dir(name), project.eval_dir(name),
+                         model_name=model_name_for(project, snapshot["method"]), is_last=is_last,
+                         **sequence_run(project, snapshot))
+
+
+@task(name="log-continual-report")
+def log_report(project_root: str) -> str:
+    """The continual report (metrics/) on the sequence's MLflow parent run."""
+    project = Project(Path(project_root))
+    summary = json.loads(project.summary_file.read_text())
+    snapshot = _snapshot(project, project.sequence()[-1])
+    return log_sequence_report(project.summary_file.parent, summary, method=snapshot["method"],
+                               **sequence_run(project, snapshot))

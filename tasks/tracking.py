@@ -93,6 +93,33 @@ def register_step(
     }
 
 
+def log_sequence_report(
+    report_dir: Path,
+    summary: dict,
+    *,
+    experiment: str,
+    sequence_id: str,
+    method: str,
+    sequence_tags: dict[str, str] | None = None,
+    tracking_uri: str | None = None,
+) -> str:
+    """The continual report on the sequence's parent run: A, F, BWT, LA and drift of every
+    score as metrics at the sequence length, the files of `report_dir` (R heatmap, curves,
+    continual.json) as artifacts under continual/. Logging again replaces the artifacts."""
+    client = _client(tracking_uri)
+    experiment_id = _ensure_experiment(client, experiment)
+    parent_id = _ensure_parent_run(client, experiment_id, sequence_id, method, sequence_tags or {})
+    now, steps = int(time.time() * 1000), int(summary["steps"])
+    metrics = [Metric(f"{score}.{key}", float(value), now, steps)
+               for score, figures in summary.items() if isinstance(figures, dict) and "R" in figures
+               for key, value in figures.items() if key in ("A", "F", "BWT", "LA") and value is not None]
+    metrics += [Metric(f"drift.{score}", float(d["drift"]), now, steps)
+                for score, d in (summary.get("drift") or {}).items()]
+    client.log_batch(parent_id, metrics=metrics)
+    client.log_artifacts(parent_id, str(report_dir), "continual")
+    return parent_id
+
+
 def set_latest_step_alias(model_name: str, version: str | int,
                           tracking_uri: str | None = None) -> None:
     """Point ``latest-step`` at a version; separate so a caller that learns the sequence

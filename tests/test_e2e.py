@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 from PIL import Image
 
 from tasks.tracking import LATEST_ALIAS, default_tracking_uri, registry_summary
@@ -95,9 +96,20 @@ def test_prefect_flow_runs_sequence_and_resumes(tmp_path, monkeypatch, prefect_a
     assert continual["clip_i"]["concepts"] == CONCEPTS[:2] and R[0][1] is None
     assert R[1] == [metrics["per_concept"][c]["clip_i"] for c in CONCEPTS[:2]]
     assert continual["clip_i"]["F"] == pytest.approx(R[0][0] - R[1][0])
+    base = yaml.safe_load((project / "eval" / "base" / "metrics.json").read_text())
+    assert base["step"] == 0 and base["per_concept"] == {}
+    drift = {w: base["class_prompts"][w]["clip_t"] - metrics["class_prompts"][w]["clip_t"]
+             for w in ("star", "heart")}
+    assert continual["drift"]["clip_t"]["per_class"] == pytest.approx(drift)
+    assert Image.open(project / "metrics" / "R_heatmap.png").width > 300
     rows = registry(project)
     assert [(r["version"], r["step"]) for r in rows] == [("1", 1), ("2", 2)]
     assert rows[1]["aliases"] == sorted(["step-2", LATEST_ALIAS])
+    client = MlflowClient(default_tracking_uri(project))
+    (parent,) = client.search_runs([client.get_experiment_by_name("lifelong-diffusion").experiment_id],
+                                   "tags.`lifelong.kind` = 'sequence'")
+    assert parent.data.metrics["clip_i.F"] == pytest.approx(continual["clip_i"]["F"])
+    assert "continual/R_heatmap.png" in {f.path for f in client.list_artifacts(parent.info.run_id, "continual")}
 
 
 def test_dvc_repro_runs_chain_and_adding_a_concept_reruns_only_its_stages(tmp_path,
@@ -109,11 +121,12 @@ def test_dvc_repro_runs_chain_and_adding_a_concept_reruns_only_its_stages(tmp_pa
 
     first = run([str(BIN / "lifelong"), "run"], project, env)
     a, b, c = CONCEPTS
-    assert stages_run(first) == {"base", f"ingest@{a}", f"ingest@{b}", f"train@{a}",
+    assert stages_run(first) == {"base", "baseline", f"ingest@{a}", f"ingest@{b}", f"train@{a}",
                                  f"train@{b}", f"evaluate@{a}", f"evaluate@{b}", "continual",
                                  "register"}
     assert f"samples after the last step: {project / 'eval' / b / 'grid.png'}" in first
     assert re.search(r"clip_i: A=[-\d.]+  LA=[-\d.]+  F=[-\d.]+  BWT=[-\d.]+", first)
+    assert re.search(r"relevant-concept drift \(class prompts, base - final\): clip_t=[-+\d.]+", first)
     assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "repro"], project, env)
 
     dag = run([str(BIN / "dvc"), "dag", "--md"], project, env)
@@ -123,8 +136,11 @@ def test_dvc_repro_runs_chain_and_adding_a_concept_reruns_only_its_stages(tmp_pa
     params["sequence"][c] = {"prev": b}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     second = run([str(BIN / "lifelong"), "run"], project, env)
-    assert stages_run(second) == {f"ingest@{c}", f"train@{c}", f"evaluate@{c}", "continual",
-                                  "register"}
+    # the base is scored on the new concept's class prompt too (drift reference)
+    assert stages_run(second) == {f"ingest@{c}", "baseline", f"train@{c}", f"evaluate@{c}",
+                                  "continual", "register"}
+    base_metrics = yaml.safe_load((project / "eval" / "base" / "metrics.json").read_text())
+    assert list(base_metrics["class_prompts"]) == ["star", "heart", "square"]
 
     rows = registry(project)
     assert [(r["version"], r["step"]) for r in rows] == [("1", 1), ("2", 2), ("3", 3)]

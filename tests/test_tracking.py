@@ -208,3 +208,31 @@ def test_register_through_tracking_server(tmp_path, mlflow_server, use_tracking_
     history = client.get_metric_history(results[1]["run_id"], "train_loss")
     assert len(history) == LOSS_LENGTHS[2]
     assert any((tmp_path / "server-artifacts").rglob("grid.png"))
+
+
+def test_continual_report_goes_on_the_sequence_run(sqlite_store):
+    from lifelong_diffusion.continual import continual_report
+    from tasks.tracking import log_sequence_report
+
+    root = sqlite_store / "work"
+    make_step(root, 1)
+    register(root, 1, is_last=True)
+    base = {"step": 0, "per_concept": {}, "class_prompts": {"star": {"clip_t": 0.3}}}
+    steps = [{"step": 1, "concept": "striped-star", "meaningful": True,
+              "per_concept": {"striped-star": {"clip_i": 0.8, "clip_t": 0.25}},
+              "class_prompts": {"star": {"clip_t": 0.2}}}]
+    summary = continual_report(base, steps, root / "metrics")
+    parent_id = log_sequence_report(root / "metrics", summary, experiment=EXPERIMENT,
+                                    sequence_id=SEQUENCE, method="naive")
+    client = MlflowClient()
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["lifelong.kind"] == "sequence"
+    assert parent.data.metrics["clip_i.A"] == pytest.approx(0.8)
+    assert parent.data.metrics["drift.clip_t"] == pytest.approx(0.1)
+    assert "clip_i.F" not in parent.data.metrics  # undefined after one step, not logged as 0
+    logged = {f.path for f in client.list_artifacts(parent_id, "continual")}
+    assert logged == {"continual/continual.json", "continual/curves.csv", "continual/R_heatmap.png",
+                      "continual/curves.png"}
+    # the step run is a child of the same parent
+    (run,) = step_runs(client)
+    assert run.data.tags["mlflow.parentRunId"] == parent_id

@@ -1,0 +1,57 @@
+"""Pictures of a lifelong run: the score matrix R as a heatmap and per-concept curves.
+
+PNG files (DVC shows images as plots, MLflow as artifacts), drawn with matplotlib's
+non-interactive backend so they work on headless machines.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def r_heatmaps(matrices: dict[str, tuple[list[str], list[list[float | None]]]], out: Path) -> Path:
+    """One annotated heatmap per score: rows = after step t, columns = concept j."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8), squeeze=False)
+    for ax, (score, (names, R)) in zip(axes[0], matrices.items()):
+        values = [[float("nan") if v is None else v for v in row] for row in R]
+        top = max([1e-9] + [v for row in R for v in row if v is not None])
+        image = ax.imshow(values, cmap="viridis", vmin=0, vmax=top)
+        for t, row in enumerate(R):
+            for j, v in enumerate(row):
+                if v is not None:  # dark text on the bright half of viridis
+                    ax.text(j, t, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="black" if v > 0.6 * top else "white")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(R)), [f"after {t + 1}" for t in range(len(R))], fontsize=7)
+        ax.set_title(f"R[t][j]: {score}", fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.7)
+    return _save(fig, out)
+
+
+def curves(rows: list[dict], keys: list[str], out: Path) -> Path:
+    """Score of each concept (solid) and class prompt (dashed) after every step."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.4), squeeze=False)
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))
+    for ax, key in zip(axes[0], keys):
+        for prompt in prompts:
+            points = [(r["after_step"], r[key]) for r in rows if r["prompt"] == prompt and r[key] is not None]
+            if points:
+                style = "--" if prompt.startswith("class: ") else "-"
+                ax.plot(*zip(*points), style, marker="o", markersize=3, label=prompt)
+        ax.set_xlabel("after step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(key, fontsize=9)
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
