@@ -17,7 +17,7 @@ from .base_model import image_resolution, load_pipeline, pick_device
 from .clip_score import ClipScorer
 from .fileio import atomic_dir
 from .grid import image_grid
-from .lora import STUDENT, add_lora, add_tokens
+from .lora import STUDENT, add_lora, add_tokens, set_adapter_weights
 from .snapshot import Snapshot, load_snapshot
 from .stamps import fingerprint_of, inputs_key
 from .train import read_processed_concept
@@ -50,6 +50,18 @@ def personalized_pipeline(snap: Snapshot, device: str):
         pipe.unet.set_adapter(STUDENT)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe
+
+
+def use_concept_adapter(pipe, snap: Snapshot, token: str | None) -> None:
+    """For methods with one adapter per concept: the concept's own adapter for its prompt,
+    the bare base model for prompts with no learned token (class prompts)."""
+    if not snap.adapters_per_token:
+        return
+    if token is None:
+        pipe.unet.disable_adapters()
+        return
+    pipe.unet.enable_adapters()
+    set_adapter_weights(pipe.unet, STUDENT, snap.token_adapter(token))
 
 
 @torch.no_grad()
@@ -112,6 +124,7 @@ def evaluate_snapshot(snapshot_dir: Path, processed_root: Path, out_dir: Path,
     reader = AttributeReader(cfg.attribute_classifier) if cfg.attribute_classifier else None
     rows, per_concept, class_prompts = [], {}, {}
     for c in snap.concepts:
+        use_concept_adapter(pipe, snap, c["token"])
         images = generate(pipe, cfg.prompt.format(**c), cfg)
         folder = Path(processed_root) / c["name"]
         references = read_processed_concept(folder).images
@@ -123,6 +136,7 @@ def evaluate_snapshot(snapshot_dir: Path, processed_root: Path, out_dir: Path,
         per_concept[c["name"]] = scores
         refs = (references + [None] * REFERENCE_COLUMNS)[:REFERENCE_COLUMNS]
         rows.append((f"{c['name']} {c['token']}", [*refs, *images]))
+    use_concept_adapter(pipe, snap, None)
     for word in dict.fromkeys([c["class_word"] for c in snap.concepts] + list(class_words)):
         text = cfg.text_prompt.format(class_word=word)
         images = generate(pipe, text, cfg)

@@ -27,9 +27,13 @@ def add_lora(unet, settings: dict, name: str, weights: dict[str, torch.Tensor] |
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         unet.add_adapter(config, adapter_name=name)
     if weights:
-        result = set_peft_model_state_dict(unet, weights, adapter_name=name)
-        if result.unexpected_keys:
-            raise ValueError(f"adapter weights do not fit the UNet: {result.unexpected_keys[:3]}")
+        set_adapter_weights(unet, name, weights)
+
+
+def set_adapter_weights(unet, name: str, weights: dict[str, torch.Tensor]) -> None:
+    result = set_peft_model_state_dict(unet, weights, adapter_name=name)
+    if result.unexpected_keys:
+        raise ValueError(f"adapter weights do not fit the UNet: {result.unexpected_keys[:3]}")
 
 
 def adapter_weights(unet, name: str) -> dict[str, torch.Tensor]:

@@ -137,7 +137,7 @@ class Student:
             step=prev.step + 1, name=concept.name, method=cfg.method,
             base_model=prev.base_model, concepts=prev.concepts + [entry], lora=self.lora,
             config=cfg.flat(), adapter=adapter_weights(self.unet, STUDENT), tokens=tokens,
-            state=method.state_after_step(self.unet),
+            state=method.state_after_step(self.unet, prev, concept),
         )
 
 

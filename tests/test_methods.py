@@ -25,7 +25,7 @@ def test_naive_adds_nothing():
     ctx = StepContext(unet=unet, noisy_latents=x, timesteps=torch.zeros(1), text_embeddings=x,
                       prediction=x, teacher=lambda *a: x, step=0)
     assert method.regularizer(ctx) is None
-    assert method.state_after_step(unet) == {}
+    assert method.state_after_step(unet, None, None) == {}
 
 
 def test_registry_is_keyed_by_method_name():

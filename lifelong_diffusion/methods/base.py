@@ -37,6 +37,6 @@ class Method:
         """Extra loss for this optimizer step; None adds nothing."""
         return None
 
-    def state_after_step(self, unet) -> dict[str, torch.Tensor]:
-        """Tensors to keep in the snapshot for the next step (Fisher, anchors, ...)."""
+    def state_after_step(self, unet, prev: "Snapshot", concept: "Concept") -> dict[str, torch.Tensor]:
+        """Tensors to keep in the snapshot for the next step (Fisher, anchors, adapters, ...)."""
         return {}

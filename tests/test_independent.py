@@ -1,0 +1,50 @@
+"""independent: one adapter per concept, chosen by token; earlier concepts are untouched."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lifelong_diffusion.base_model import resolve_base_model
+from lifelong_diffusion.evaluate import EvalConfig, evaluate_snapshot
+from lifelong_diffusion.snapshot import empty_snapshot, load_snapshot, save_snapshot
+from lifelong_diffusion.train import TrainConfig, train_concept
+from lifelong_diffusion.world import DEFAULT_SEQUENCE, concept_by_name
+
+C1, C2 = DEFAULT_SEQUENCE[:2]
+CFG = TrainConfig(method="independent", steps=3, batch_size=1, device="cpu", lr=1e-2)
+EVAL = EvalConfig(seeds=[0, 1], steps=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def run(world_concepts, tmp_path_factory):
+    processed, out = world_concepts / "processed", tmp_path_factory.mktemp("independent")
+    resolve_base_model("tiny-random")
+    save_snapshot(empty_snapshot("tiny-random"), out / "base")
+    train_concept(out / "base", processed / C1, out / C1, CFG, progress=False)
+    train_concept(out / C1, processed / C2, out / C2, CFG, progress=False)
+    words = [concept_by_name(c).class_word for c in (C1, C2)]
+    evals = {n: evaluate_snapshot(out / n, processed, out / f"eval-{n}", EVAL, words)
+             for n in ("base", C1, C2)}
+    return out, evals
+
+
+def test_each_concept_keeps_its_own_adapter(run):
+    out, _ = run
+    s1, s2 = load_snapshot(out / C1), load_snapshot(out / C2)
+    assert s2.adapters_per_token
+    kept = s2.token_adapter(s1.concepts[0]["token"])
+    assert kept.keys() == s1.adapter.keys()
+    assert all(torch.equal(kept[k], s1.adapter[k]) for k in kept)  # nothing of concept 1 changed
+    own = s2.token_adapter(s2.concepts[1]["token"])
+    assert all(torch.equal(own[k], s2.adapter[k]) for k in own)
+    assert any(not torch.equal(own[k], kept[k]) for k in own)  # a separate adapter, not a copy
+
+
+def test_scores_of_earlier_concepts_never_change(run):
+    _, evals = run
+    assert evals[C2]["per_concept"][C1] == evals[C1]["per_concept"][C1]  # R[2][1] == R[1][1]
+
+
+def test_class_prompts_use_the_base_model(run):
+    _, evals = run
+    assert evals[C2]["class_prompts"] == evals["base"]["class_prompts"]  # zero drift by design
