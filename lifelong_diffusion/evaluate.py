@@ -6,6 +6,7 @@ change of the model (forgetting or learning), never sampling noise.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
+from . import icgen
 from .base_model import image_resolution, load_pipeline, pick_device
 from .clip_score import ClipScorer
 from .fileio import atomic_dir
@@ -20,7 +22,7 @@ from .grid import image_grid
 from .lora import STUDENT, add_lora, add_tokens, set_adapter_weights
 from .snapshot import Snapshot, load_snapshot
 from .stamps import fingerprint_of, inputs_key
-from .train import read_processed_concept
+from .train import read_processed_concept, tokenize
 
 
 REFERENCE_COLUMNS = 2  # the grid starts each concept row with two of its photos, then the samples
@@ -62,6 +64,18 @@ def use_concept_adapter(pipe, snap: Snapshot, token: str | None) -> None:
         return
     pipe.unet.enable_adapters()
     set_adapter_weights(pipe.unet, STUDENT, snap.token_adapter(token))
+
+
+def concept_context(pipe, snap: Snapshot, token: str):
+    """For snapshots with a context bank for `token` (lfs): generation attends to it (ICGen)."""
+    latents = snap.state.get(f"{icgen.BANK}{token}")
+    if latents is None:
+        return nullcontext()
+    with torch.no_grad():
+        uncond = pipe.text_encoder(tokenize(pipe.tokenizer, [""]).to(pipe.device))[0]
+    bank = icgen.attach(pipe.unet, pipe.scheduler, uncond)
+    bank.generator.manual_seed(0)  # the context's noise is part of the fixed evaluation seeds
+    return bank.conditioning(latents.to(pipe.device, pipe.unet.dtype))
 
 
 @torch.no_grad()
@@ -125,7 +139,8 @@ def evaluate_snapshot(snapshot_dir: Path, processed_root: Path, out_dir: Path,
     rows, per_concept, class_prompts = [], {}, {}
     for c in snap.concepts:
         use_concept_adapter(pipe, snap, c["token"])
-        images = generate(pipe, cfg.prompt.format(**c), cfg)
+        with concept_context(pipe, snap, c["token"]):
+            images = generate(pipe, cfg.prompt.format(**c), cfg)
         folder = Path(processed_root) / c["name"]
         references = read_processed_concept(folder).images
         text = cfg.text_prompt.format(**c)

@@ -161,7 +161,8 @@ def training_step(student: Student, method: Method, optimizer, latents, prompt_i
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pick),), generator=gen)
     noisy = scheduler.add_noise(x0, noise, t)
     cond = student.encode_text(ids.to(x0.device))
-    pred = student.unet(noisy, t.to(x0.device), cond).sample
+    with method.conditioning(pick):  # lfs: the concept's other photos as in-context examples
+        pred = student.unet(noisy, t.to(x0.device), cond).sample
     per_sample = F.mse_loss(pred.float(), denoising_target(scheduler, x0, noise, t).float(),
                             reduction="none").mean((1, 2, 3))
     denoise = (per_sample * snr_weight(scheduler, t, student.snr_gamma).to(per_sample)).mean()
@@ -203,8 +204,8 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
     method = build_method(cfg.method, cfg.selected_method_params)
     torch.manual_seed(cfg.seed)  # after loading: fresh LoRA weights must not depend on the cache
     student = Student(pipe, prev, concept, cfg, method)
-    method.prepare(student, prev, concept)
     latents = encode_latents(pipe, concept.images)
+    method.prepare(student, prev, concept, latents)
     templates = concept.prompts or cfg.prompt_templates
     prompt_ids = tokenize(pipe.tokenizer, [t.format(token=concept.token, class_word=concept.class_word)
                                            for t in templates])

@@ -24,7 +24,8 @@ def project_with_two_concepts(root: Path, method: str = "naive") -> Path:
         shutil.copytree(REPO / "data" / "concepts" / name, root / "data" / "concepts" / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update(steps=3, method=method)
-    params["train"]["method_params"] = {"lfs_kd": {"samples_per_prompt": 1, "sampler_steps": 2}}
+    kd = {"samples_per_prompt": 1, "sampler_steps": 2}
+    params["train"]["method_params"] = {"lfs_kd": kd, "lfs": kd}
     params["sequence"] = {FIRST: {"prev": "base"}, SECOND: {"prev": FIRST}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
@@ -34,9 +35,10 @@ def fingerprint(root: Path, name: str) -> str:
     return json.loads((root / "adapters" / name / "snapshot.json").read_text())["fingerprint"]
 
 
-@pytest.mark.parametrize("method", ["naive", "lfs_kd"])
+@pytest.mark.parametrize("method", ["naive", "lfs_kd", "lfs"])
 def test_step_two_is_identical_without_the_first_concepts_data(tmp_path, method):
-    """lfs_kd distils on the teacher's own samples of the first concept, never its photos."""
+    """lfs_kd and lfs distil on the teacher's own samples of the first concept, never its photos;
+    lfs carries earlier context banks inside the snapshot and never reads an earlier photo."""
     root = str(project_with_two_concepts(tmp_path / "p", method))
     with disable_run_logger():  # the tasks' own functions, without a Prefect server
         prepare_base.fn(root)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from .base import Method, StepContext
 from .independent import Independent
+from .lfs import Lfs
 from .lfs_kd import LfsKD
 from .naive import Naive
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Naive, Independent, LfsKD)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Naive, Independent, LfsKD, Lfs)}
 
 
 def build_method(name: str, params: dict | None = None) -> Method:

@@ -2,6 +2,7 @@
 state it carries to the next step. The shared step (train.py) owns everything else."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar
 
@@ -30,8 +31,14 @@ class Method:
     #: start each concept from a fresh adapter instead of continuing S_{t-1}'s
     fresh_adapter: ClassVar[bool] = False
 
-    def prepare(self, student: "Student", prev: "Snapshot", concept: "Concept") -> None:
-        """Called once before the first optimizer step, with teacher and student in place."""
+    def prepare(self, student: "Student", prev: "Snapshot", concept: "Concept",
+                latents: torch.Tensor) -> None:
+        """Called once before the first optimizer step, with teacher and student in place and
+        the concept's latents encoded (photos, then their mirror images)."""
+
+    def conditioning(self, picked: torch.Tensor):
+        """Context manager around the student's denoising forward on latents[picked]."""
+        return nullcontext()
 
     def regularizer(self, ctx: StepContext) -> torch.Tensor | None:
         """Extra loss for this optimizer step; None adds nothing."""

@@ -47,7 +47,7 @@ class LfsKD(Method):
         self.generator = torch.Generator().manual_seed(seed)
         self.prompts: list[str] = []
 
-    def prepare(self, student, prev, concept) -> None:
+    def prepare(self, student, prev, concept, latents) -> None:
         from ..train import tokenize  # train imports methods; import at call time
 
         self.prompts = relevant_prompts(prev.concepts, concept.class_word, self.class_prompt,
@@ -56,7 +56,7 @@ class LfsKD(Method):
         with torch.no_grad():  # none of these prompts holds the new token: constant embeddings
             embeddings = student.encode_text(ids)
         cond = embeddings[:-1].repeat_interleave(self.samples_per_prompt, 0)
-        self.scheduler = student.pipe.scheduler
+        self.scheduler, self.uncond = student.pipe.scheduler, embeddings[-1:]
         with using_adapter(student.unet, TEACHER, restore=STUDENT):
             self.latents = sample_latents(student.unet, self.scheduler, cond, embeddings[-1:],
                                           self.sampler_steps, self.guidance_scale, self.generator)

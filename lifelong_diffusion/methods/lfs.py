@@ -1,0 +1,50 @@
+"""`lfs`: LFS-Diffusion in full, data-free distillation (`lfs_kd`) plus in-context generation.
+
+Training: each denoising forward attends to up to `context_images` of the concept's other
+photos (leave-one-out: never an image that is in the batch being denoised), so the adapter
+learns to *use* context rather than only to memorise. After the step a bank of
+`bank_size` of the concept's latents is kept in the snapshot (state key context/<token>);
+evaluation and generation condition the concept's prompt on it. `context_bank: false`
+keeps nothing (strict no-retention); generation then runs without context.
+
+Where METHODS.md is silent: the bank holds the first `bank_size` photos' VAE latents (a few
+16x16x4 tensors in the world, 64x64x4 for SD-1.5), not the training set as such; the
+distillation of earlier concepts runs without their context (the teacher's samples for
+their identifier prompts are drawn without it, too).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from .. import icgen
+from .lfs_kd import LfsKD
+
+class Lfs(LfsKD):
+    name = "lfs"
+
+    def __init__(self, context_images: int = 2, bank_size: int = 2, context_bank: bool = True,
+                 **kd_params):
+        super().__init__(**kd_params)
+        self.context_images, self.bank_size, self.context_bank = context_images, bank_size, context_bank
+
+    def prepare(self, student, prev, concept, latents) -> None:
+        super().prepare(student, prev, concept, latents)
+        self.photos = latents[: len(latents) // 2]  # train.encode_latents: photos, then mirrors
+        self.bank = icgen.attach(student.unet, student.pipe.scheduler, self.uncond, seed=0)
+
+    def conditioning(self, picked: torch.Tensor):
+        """Context for one denoising forward: photos not in the batch, at most context_images."""
+        in_batch = set((picked % len(self.photos)).tolist())
+        free = torch.tensor([i for i in range(len(self.photos)) if i not in in_batch], dtype=torch.long)
+        if not len(free) or not self.context_images:
+            return nullcontext()
+        order = torch.randperm(len(free), generator=self.generator)[: self.context_images]
+        return self.bank.conditioning(self.photos[free[order]])
+
+    def state_after_step(self, unet, prev, concept):
+        if not self.context_bank:
+            return {}
+        banks = {k: v for k, v in prev.state.items() if k.startswith(icgen.BANK)}
+        return {**banks, f"{icgen.BANK}{concept.token}": self.photos[: self.bank_size].detach().clone()}
