@@ -205,6 +205,7 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
     torch.manual_seed(cfg.seed)  # after loading: fresh LoRA weights must not depend on the cache
     student = Student(pipe, prev, concept, cfg, method)
     latents = encode_latents(pipe, concept.images)
+    training_started = time.perf_counter()  # per-step cost: the method's preparation and the loop
     method.prepare(student, prev, concept, latents)
     templates = concept.prompts or cfg.prompt_templates
     prompt_ids = tokenize(pipe.tokenizer, [t.format(token=concept.token, class_word=concept.class_word)
@@ -222,6 +223,6 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar itself decides when to redraw
     snap = student.snapshot(prev, concept, method, cfg)
     log = {"loss": losses, "denoise": denoise_losses, "seconds": time.perf_counter() - started,
-           "steps": cfg.steps}
+           "training_seconds": time.perf_counter() - training_started, "steps": cfg.steps}
     return save_snapshot(snap, out_dir, train_log=log,
                          inputs=train_inputs_key(prev_dir, concept_dir, cfg))
