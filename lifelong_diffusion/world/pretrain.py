@@ -67,7 +67,7 @@ class PretrainConfig:
     prediction_type: str = "v_prediction"
     zero_terminal_snr: bool = True
     min_snr_gamma: float | None = 5.0
-    steps: int = 2600
+    steps: int = 1500
     max_minutes: float | None = None  # cap on the whole pretraining; the UNet stage gets what is left
     batch_size: int = 64
     lr: float = 1e-3
