@@ -1,6 +1,7 @@
 """`lifelong`: the command line that DVC stages and users call; each command runs a flow.
 
     lifelong run                 the whole sequence: `dvc repro` with a local Prefect server
+    lifelong run -S train.method=lfs [-n NAME]   the same as a DVC experiment (`dvc exp show`)
     lifelong run --engine prefect   the same DAG as one Prefect flow, without DVC
     lifelong pretrain            re-create the world preset in models/world (about an hour)
     lifelong base | ingest NAME | train NAME | evaluate NAME | continual | register   one stage
@@ -27,7 +28,16 @@ def _env_defaults(root: Path) -> None:
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
 
 
-def run(root: Path, engine: str) -> int:
+def dvc_command(set_params: list[str], name: str | None) -> list[str]:
+    """`dvc repro`, or `dvc exp run` when params are changed or the run is named: an
+    experiment that `dvc exp show` lists beside the others (e.g. one per method)."""
+    if not set_params and not name:
+        return ["repro"]
+    return ["exp", "run", *[arg for value in set_params for arg in ("-S", value)],
+            *(["-n", name] if name else [])]
+
+
+def run(root: Path, engine: str, set_params: list[str] = (), name: str | None = None) -> int:
     if engine == "prefect":
         from flows.lifelong import lifelong_sequence
 
@@ -40,7 +50,9 @@ def run(root: Path, engine: str) -> int:
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         env = dict(os.environ, PREFECT_API_URL=url, PATH=path)
         print(f"Prefect API: {url}", flush=True)
-        code = subprocess.call([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env)
+        # one Prefect server for all stages: without it every stage would start its own (~20 s)
+        code = subprocess.call([sys.executable, "-m", "dvc", *dvc_command(set_params, name)],
+                               cwd=root, env=env)
     if code == 0:
         print_outcome(Project(root))
     return code
@@ -110,6 +122,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the whole lifelong sequence")
     r.add_argument("--engine", choices=["dvc", "prefect"], default="dvc")
+    r.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="run as a DVC experiment with this param changed, e.g. train.method=lfs "
+                        "(repeatable; compare experiments with `dvc exp show`)")
+    r.add_argument("-n", "--name", help="name of the DVC experiment")
     for name in ("pretrain", "base", "register", "continual"):
         sub.add_parser(name, help=f"run the {name} stage")
     for name in ("ingest", "train", "evaluate"):
@@ -145,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def dispatch(args) -> int:
     if args.command == "run":
-        return run(args.project, args.engine)
+        return run(args.project, args.engine, args.set_param, args.name)
     if args.command == "serve":
         return serve(args.project, args.cron)
     if args.command == "world-concepts":

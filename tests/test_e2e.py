@@ -181,3 +181,12 @@ def test_serve_without_a_server_explains_how_to_start_one(monkeypatch, capsys):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     assert main(["--project", str(REPO), "serve", "--cron", "0 3 * * *"]) == 2
     assert "prefect server start" in capsys.readouterr().err
+
+
+def test_run_with_params_is_a_dvc_experiment():
+    from flows.cli import dvc_command, parser
+
+    assert dvc_command([], None) == ["repro"]
+    args = parser().parse_args(["run", "-S", "train.method=lfs", "-S", "train.steps=10", "-n", "lfs"])
+    assert dvc_command(args.set_param, args.name) == ["exp", "run", "-S", "train.method=lfs",
+                                                     "-S", "train.steps=10", "-n", "lfs"]
