@@ -19,13 +19,14 @@ def r_heatmaps(matrices: dict[str, tuple[list[str], list[list[float | None]]]], 
     fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8), squeeze=False)
     for ax, (score, (names, R)) in zip(axes[0], matrices.items()):
         values = [[float("nan") if v is None else v for v in row] for row in R]
-        top = max([1e-9] + [v for row in R for v in row if v is not None])
-        image = ax.imshow(values, cmap="viridis", vmin=0, vmax=top)
+        scores = [v for row in R for v in row if v is not None]
+        low, top = min([0.0, *scores]), max(scores) if max(scores) > 0 else 1.0  # CLIP can be < 0
+        image = ax.imshow(values, cmap="viridis", vmin=low, vmax=top)
         for t, row in enumerate(R):
             for j, v in enumerate(row):
                 if v is not None:  # dark text on the bright half of viridis
                     ax.text(j, t, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                            color="black" if v > 0.6 * top else "white")
+                            color="black" if v > low + 0.6 * (top - low) else "white")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(R)), [f"after {t + 1}" for t in range(len(R))], fontsize=7)
         ax.set_title(f"R[t][j]: {score}", fontsize=9)
