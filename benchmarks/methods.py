@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from lifelong_diffusion.cl_metrics import SCORES
 from lifelong_diffusion.continual import HEATMAP, continual_report
 from lifelong_diffusion.evaluate import evaluate_snapshot
 from lifelong_diffusion.ingest import ingest_concept
@@ -65,7 +66,7 @@ def run_method(method: str, project: Project, names: list[str], processed: Path,
 
 def figures(summary: dict) -> dict:
     out = {}
-    for score in ("attr_acc", "clip_i", "clip_t"):
+    for score in SCORES:
         if score in summary:
             out.update({f"{score}_{k}": summary[score][k] for k in FIGURES})
     out.update({f"drift_{score}": d["drift"] for score, d in summary["drift"].items()})

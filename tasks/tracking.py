@@ -23,6 +23,8 @@ from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
 from mlflow.exceptions import MlflowException
 
+from lifelong_diffusion.cl_metrics import SCORES
+
 KIND = "lifelong.kind"
 SEQUENCE_ID = "lifelong.sequence_id"
 STEP = "lifelong.step"
@@ -110,9 +112,9 @@ def log_sequence_report(
     experiment_id = _ensure_experiment(client, experiment)
     parent_id = _ensure_parent_run(client, experiment_id, sequence_id, method, sequence_tags or {})
     now, steps = int(time.time() * 1000), int(summary["steps"])
-    metrics = [Metric(f"{score}.{key}", float(value), now, steps)
-               for score, figures in summary.items() if isinstance(figures, dict) and "R" in figures
-               for key, value in figures.items() if key in ("A", "F", "BWT", "LA") and value is not None]
+    metrics = [Metric(f"{score}.{key}", float(summary[score][key]), now, steps)
+               for score in SCORES if score in summary
+               for key in ("A", "F", "BWT", "LA") if summary[score][key] is not None]
     metrics += [Metric(f"drift.{score}", float(d["drift"]), now, steps)
                 for score, d in (summary.get("drift") or {}).items()]
     client.log_batch(parent_id, metrics=metrics)

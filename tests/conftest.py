@@ -28,3 +28,22 @@ def world_concepts(tmp_path_factory) -> Path:
         folder = write_concept_folder(concept_by_name(name), root)
         ingest_concept(folder, root / "processed" / name, resolution=32, min_size=32)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_start(tmp_path_factory):
+    """Returns start(label): a fresh folder holding S_0 of the tiny-random preset in base/,
+    where a test writes its own snapshots."""
+    from lifelong_diffusion.base_model import resolve_base_model
+    from lifelong_diffusion.snapshot import empty_snapshot, save_snapshot
+
+    # Materialize the preset before any training: a cold preset cache changes the first run's
+    # LoRA init (see test_train_eval.test_cold_preset_cache_does_not_change_training).
+    resolve_base_model("tiny-random")
+
+    def start(label: str) -> Path:
+        out = tmp_path_factory.mktemp(label)
+        save_snapshot(empty_snapshot("tiny-random"), out / "base")
+        return out
+
+    return start

@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lifelong_diffusion.base_model import resolve_base_model
 from lifelong_diffusion.evaluate import EvalConfig, evaluate_snapshot
-from lifelong_diffusion.snapshot import empty_snapshot, load_snapshot, save_snapshot
+from lifelong_diffusion.snapshot import load_snapshot
 from lifelong_diffusion.train import TrainConfig, train_concept
 from lifelong_diffusion.world import DEFAULT_SEQUENCE, concept_by_name
 
@@ -16,10 +15,8 @@ EVAL = EvalConfig(seeds=[0, 1], steps=2, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def run(world_concepts, tmp_path_factory):
-    processed, out = world_concepts / "processed", tmp_path_factory.mktemp("independent")
-    resolve_base_model("tiny-random")
-    save_snapshot(empty_snapshot("tiny-random"), out / "base")
+def run(world_concepts, tiny_start):
+    processed, out = world_concepts / "processed", tiny_start("independent")
     train_concept(out / "base", processed / C1, out / C1, CFG, progress=False)
     train_concept(out / C1, processed / C2, out / C2, CFG, progress=False)
     words = [concept_by_name(c).class_word for c in (C1, C2)]

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lifelong_diffusion import icgen
-from lifelong_diffusion.base_model import load_pipeline, resolve_base_model
+from lifelong_diffusion.base_model import load_pipeline
 from lifelong_diffusion.evaluate import EvalConfig, evaluate_snapshot
-from lifelong_diffusion.snapshot import empty_snapshot, load_snapshot, save_snapshot
+from lifelong_diffusion.snapshot import load_snapshot, save_snapshot
 from lifelong_diffusion.train import TrainConfig, train_concept
 from lifelong_diffusion.world import DEFAULT_SEQUENCE
 
@@ -56,10 +56,8 @@ def test_context_changes_the_prediction_for_each_timestep_form(unet_inputs):
 
 
 @pytest.fixture(scope="module")
-def trained(world_concepts, tmp_path_factory):
-    processed, out = world_concepts / "processed", tmp_path_factory.mktemp("lfs")
-    resolve_base_model("tiny-random")
-    save_snapshot(empty_snapshot("tiny-random"), out / "base")
+def trained(world_concepts, tiny_start):
+    processed, out = world_concepts / "processed", tiny_start("lfs")
     train_concept(out / "base", processed / C1, out / C1, LFS, progress=False)
     train_concept(out / C1, processed / C2, out / C2, LFS, progress=False)
     strict = replace(LFS, method_params={"lfs": {**KD, "context_bank": False}})

@@ -3,14 +3,12 @@ and nothing but the regularizer differing from naive (tiny preset, a few steps).
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 
-from lifelong_diffusion.base_model import resolve_base_model
 from lifelong_diffusion.methods.lfs_kd import relevant_prompts
-from lifelong_diffusion.snapshot import empty_snapshot, load_snapshot, read_train_log, save_snapshot
+from lifelong_diffusion.snapshot import load_snapshot, read_train_log
 from lifelong_diffusion.train import TrainConfig, train_concept
 from lifelong_diffusion.world import DEFAULT_SEQUENCE
 
@@ -33,11 +31,9 @@ def test_relevant_prompts_are_class_prompts_then_earlier_identifiers():
 
 
 @pytest.fixture(scope="module")
-def steps(world_concepts, tmp_path_factory):
+def steps(world_concepts, tiny_start):
     """S_1 by naive, then S_2 by naive, by lfs_kd with weight 0 and by lfs_kd with a large weight."""
-    processed, out = world_concepts / "processed", tmp_path_factory.mktemp("kd")
-    resolve_base_model("tiny-random")
-    save_snapshot(empty_snapshot("tiny-random"), out / "base")
+    processed, out = world_concepts / "processed", tiny_start("kd")
     train_concept(out / "base", processed / C1, out / "s1", NAIVE, progress=False)
     for name, cfg in {"naive": NAIVE, "zero": lfs_kd(weight=0.0), "kd": lfs_kd(weight=100.0)}.items():
         train_concept(out / "s1", processed / C2, out / name, cfg, progress=False)

@@ -45,20 +45,19 @@ class LfsKD(Method):
         self.sampler_steps, self.guidance_scale = sampler_steps, guidance_scale
         self.class_prompt, self.identifier_prompt = class_prompt, identifier_prompt
         self.generator = torch.Generator().manual_seed(seed)
-        self.prompts: list[str] = []
 
     def prepare(self, student, prev, concept, latents) -> None:
         from ..train import tokenize  # train imports methods; import at call time
 
-        self.prompts = relevant_prompts(prev.concepts, concept.class_word, self.class_prompt,
-                                        self.identifier_prompt)
-        ids = tokenize(student.pipe.tokenizer, self.prompts + [""]).to(student.unet.device)
+        prompts = relevant_prompts(prev.concepts, concept.class_word, self.class_prompt,
+                                   self.identifier_prompt)
+        ids = tokenize(student.pipe.tokenizer, prompts + [""]).to(student.unet.device)
         with torch.no_grad():  # none of these prompts holds the new token: constant embeddings
             embeddings = student.encode_text(ids)
         cond = embeddings[:-1].repeat_interleave(self.samples_per_prompt, 0)
         self.scheduler, self.uncond = student.pipe.scheduler, embeddings[-1:]
         with using_adapter(student.unet, TEACHER, restore=STUDENT):
-            self.latents = sample_latents(student.unet, self.scheduler, cond, embeddings[-1:],
+            self.latents = sample_latents(student.unet, self.scheduler, cond, self.uncond,
                                           self.sampler_steps, self.guidance_scale, self.generator)
         self.cond = cond
 
