@@ -18,6 +18,7 @@ from . import icgen
 from .base_model import image_resolution, load_pipeline, pick_device
 from .clip_score import ClipScorer
 from .fileio import atomic_dir
+from .folded import apply_folded
 from .grid import image_grid
 from .lora import STUDENT, add_lora, add_tokens, set_adapter_weights
 from .snapshot import Snapshot, load_snapshot
@@ -44,8 +45,10 @@ class EvalConfig:
 
 
 def personalized_pipeline(snap: Snapshot, device: str):
-    """The base pipeline with S_t's tokens and adapter, ready to sample, DDIM for speed."""
+    """The base pipeline with S_t's folded updates, tokens and adapter, ready to sample, DDIM
+    for speed."""
     pipe = load_pipeline(snap.base_model, device)
+    apply_folded(pipe.unet, snap.state)
     add_tokens(pipe.tokenizer, pipe.text_encoder, snap.tokens)
     if snap.adapter:
         add_lora(pipe.unet, snap.lora, STUDENT, snap.adapter)

@@ -76,3 +76,18 @@ def word_embedding(tokenizer, text_encoder, word: str) -> torch.Tensor:
     """Mean input embedding of a word's BPE pieces: the usual init for a new identifier."""
     ids = tokenizer(word, add_special_tokens=False).input_ids
     return text_encoder.get_input_embeddings().weight[ids].mean(0).detach().clone()
+
+
+def initial_embedding(kind: str, tokenizer, text_encoder, class_word: str) -> torch.Tensor:
+    """Init of a new identifier token: "class_word" (word_embedding) or "random" (C-LoRA).
+
+    The random init draws from N(0, sigma^2) with sigma the std of the embedding table, so the
+    token has the norm of an ordinary word and carries no class prior; it uses the global
+    torch RNG, which train_concept seeds, so it is reproducible.
+    """
+    if kind == "class_word":
+        return word_embedding(tokenizer, text_encoder, class_word)
+    if kind == "random":
+        table = text_encoder.get_input_embeddings().weight.detach()
+        return torch.randn(table.shape[1]).to(table) * table.std()
+    raise ValueError(f"unknown token_init '{kind}': use 'class_word' or 'random'")

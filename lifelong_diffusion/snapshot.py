@@ -2,7 +2,8 @@
 
 A snapshot folder holds
   snapshot.json        step, concepts learned so far, method, base model, LoRA settings, config
-  adapter.safetensors  LoRA weights of the UNet (peft state dict; absent for the empty S_0)
+  adapter.safetensors  LoRA weights of the UNet (peft state dict; absent for the empty S_0
+                       and for methods that fold each adapter into their state: folded.py)
   tokens.safetensors   one embedding row per learned identifier token
   state.safetensors    method state (Fisher, anchors, ...), absent when the method keeps none
   train_log.json       loss per optimizer step and wall time
@@ -37,7 +38,7 @@ class Snapshot:
     method: str
     base_model: str
     concepts: list[dict] = field(default_factory=list)  # [{name, token, class_word}] in order
-    lora: dict | None = None  # LoRA settings of `adapter`, None while there is no adapter
+    lora: dict | None = None  # LoRA settings the sequence trains with, None for S_0
     config: dict = field(default_factory=dict)  # flat training params, for tracking
     adapter: dict[str, torch.Tensor] = field(default_factory=dict)
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from .diffusion import denoising_target, snr_weight
 from .base_model import image_resolution, load_pipeline, pick_device
+from .folded import apply_folded
 from .lora import (STUDENT, TEACHER, add_lora, add_tokens, adapter_parameters, adapter_weights,
-                   lora_settings, using_adapter, word_embedding)
+                   initial_embedding, lora_settings, using_adapter)
 from .methods import Method, StepContext, build_method
 from .fileio import sha256_file
 from .snapshot import Snapshot, load_snapshot, save_snapshot
@@ -90,7 +91,8 @@ class Student:
     def __init__(self, pipe, prev: Snapshot, concept: Concept, cfg: TrainConfig, method: Method):
         self.pipe, self.unet, self.batch_size, self.snr_gamma = pipe, pipe.unet, cfg.batch_size, cfg.snr_gamma
         add_tokens(pipe.tokenizer, pipe.text_encoder, prev.tokens)
-        init = word_embedding(pipe.tokenizer, pipe.text_encoder, concept.class_word)
+        init = initial_embedding(method.token_init, pipe.tokenizer, pipe.text_encoder,
+                                 concept.class_word)
         (self.token_id,) = add_tokens(pipe.tokenizer, pipe.text_encoder, {concept.token: init})
         self.lora = self._lora_settings(prev, cfg)
         teacher_lora = prev.lora or self.lora
@@ -136,7 +138,8 @@ class Student:
         return Snapshot(
             step=prev.step + 1, name=concept.name, method=cfg.method,
             base_model=prev.base_model, concepts=prev.concepts + [entry], lora=self.lora,
-            config=cfg.flat(), adapter=adapter_weights(self.unet, STUDENT), tokens=tokens,
+            config=cfg.flat(), tokens=tokens,
+            adapter=adapter_weights(self.unet, STUDENT) if method.keeps_adapter else {},
             state=method.state_after_step(self.unet, prev, concept),
         )
 
@@ -196,6 +199,7 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
         raise ValueError(f"{concept_dir}/manifest.json: token {concept.token} was already learned "
                          f"by '{known[concept.token]}'; give this concept another token.")
     pipe = load_pipeline(prev.base_model, pick_device(cfg.device))
+    apply_folded(pipe.unet, prev.state)  # merge, clora: S_{t-1} = base + its folded updates
     resolution = image_resolution(pipe)
     if concept.images[0].size != (resolution, resolution):
         raise ValueError(f"{concept_dir} holds {concept.images[0].size} images but the base model "
@@ -221,8 +225,11 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
         losses.append(loss)
         denoise_losses.append(denoise)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar itself decides when to redraw
+    # Per-step cost excludes what a method does after training (a Fisher pass), which its
+    # own train_log reports.
+    training_seconds = time.perf_counter() - training_started
     snap = student.snapshot(prev, concept, method, cfg)
     log = {"loss": losses, "denoise": denoise_losses, "seconds": time.perf_counter() - started,
-           "training_seconds": time.perf_counter() - training_started, "steps": cfg.steps}
+           "training_seconds": training_seconds, "steps": cfg.steps, **method.train_log()}
     return save_snapshot(snap, out_dir, train_log=log,
                          inputs=train_inputs_key(prev_dir, concept_dir, cfg))

@@ -1,10 +1,12 @@
-"""Shared fixtures: a throwaway preset cache, and two ingested concepts for training tests."""
+"""Shared fixtures: a throwaway preset cache, two ingested concepts for training tests, and
+the tiny UNet with a random LoRA adapter and a fixed input for comparing UNet functions."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,3 +49,40 @@ def tiny_start(tmp_path_factory):
         return out
 
     return start
+
+
+@pytest.fixture(scope="session")
+def lora_unet():
+    """Returns make(seed): the tiny-random UNet with an active "student" LoRA adapter whose
+    B factors (zero at init, i.e. no update) are drawn at random, so the adapter matters."""
+    from lifelong_diffusion.base_model import load_pipeline
+    from lifelong_diffusion.folded import lora_layers
+    from lifelong_diffusion.lora import STUDENT, add_lora, lora_settings
+
+    def make(seed: int):
+        unet = load_pipeline("tiny-random", "cpu").unet
+        add_lora(unet, lora_settings(4, 8.0, ["to_q", "to_k", "to_v", "to_out.0"]), STUDENT, None)
+        unet.set_adapter(STUDENT)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for layer in lora_layers(unet, STUDENT).values():
+                layer.lora_B[STUDENT].weight.normal_(0.0, 0.1, generator=gen)
+        return unet
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def unet_eps():
+    """Returns eps(unet): its prediction on one fixed batch (two timesteps, random text)."""
+
+    def eps(unet) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(1)
+        c = unet.config
+        x = torch.randn(2, c.in_channels, c.sample_size, c.sample_size, generator=gen)
+        cond = torch.randn(2, 8, c.cross_attention_dim, generator=gen)
+        with torch.no_grad():
+            return unet(x.to(unet.device), torch.tensor([10, 700]).to(unet.device),
+                        cond.to(unet.device)).sample
+
+    return eps

@@ -35,10 +35,13 @@ def fingerprint(root: Path, name: str) -> str:
     return json.loads((root / "adapters" / name / "snapshot.json").read_text())["fingerprint"]
 
 
-@pytest.mark.parametrize("method", ["naive", "lfs_kd", "lfs"])
+@pytest.mark.parametrize("method", ["naive", "merge", "clora", "lfs_kd", "lfs", "ewc", "ewc_dc", "dsc"])
 def test_step_two_is_identical_without_the_first_concepts_data(tmp_path, method):
     """lfs_kd and lfs distil on the teacher's own samples of the first concept, never its photos;
-    lfs carries earlier context banks inside the snapshot and never reads an earlier photo."""
+    lfs carries earlier context banks inside the snapshot and never reads an earlier photo;
+    merge and clora carry earlier concepts only as the folded updates in the snapshot;
+    ewc and ewc_dc take their Fisher from the current concept and keep only it, dsc
+    re-noises the current concept's latents under earlier concepts' prompts."""
     root = str(project_with_two_concepts(tmp_path / "p", method))
     with disable_run_logger():  # the tasks' own functions, without a Prefect server
         prepare_base.fn(root)

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 from .base import Method, StepContext
+from .clora import Clora
+from .dsc import Dsc
+from .ewc import Ewc, EwcDC
 from .independent import Independent
 from .lfs import Lfs
 from .lfs_kd import LfsKD
+from .merge import Merge
 from .naive import Naive
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Naive, Independent, LfsKD, Lfs)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (Naive, Independent, Merge, Clora, LfsKD, Lfs, Ewc, EwcDC, Dsc)}
 
 
 def build_method(name: str, params: dict | None = None) -> Method:

@@ -30,6 +30,12 @@ class Method:
     name: ClassVar[str]
     #: start each concept from a fresh adapter instead of continuing S_{t-1}'s
     fresh_adapter: ClassVar[bool] = False
+    #: False for methods that fold the step's adapter into their state (merge, clora): the
+    #: snapshot then keeps no adapter, so the next teacher is base + folded update alone
+    keeps_adapter: ClassVar[bool] = True
+    #: init of the new identifier token: "class_word" (mean embedding of the class word's
+    #: pieces) or "random" (C-LoRA); see lora.initial_embedding
+    token_init: ClassVar[str] = "class_word"
 
     def prepare(self, student: "Student", prev: "Snapshot", concept: "Concept",
                 latents: torch.Tensor) -> None:
@@ -46,4 +52,9 @@ class Method:
 
     def state_after_step(self, unet, prev: "Snapshot", concept: "Concept") -> dict[str, torch.Tensor]:
         """Tensors to keep in the snapshot for the next step (Fisher, anchors, adapters, ...)."""
+        return {}
+
+    def train_log(self) -> dict:
+        """Method figures for the step's train_log.json (e.g. Fisher-pass seconds, update
+        norms); read after `state_after_step`."""
         return {}

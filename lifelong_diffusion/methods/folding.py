@@ -1,0 +1,35 @@
+"""Base of the methods that fold each concept's fresh adapter into the running weights
+(`merge`, `clora`).
+
+The student starts every concept from a fresh adapter; after the step its update is folded
+into the low-rank factors the snapshot's state keeps (folded.py) and the snapshot keeps no
+adapter. Training (teacher S_{t-1}) and evaluation both load base + all folded updates, so
+the next teacher is exactly what was evaluated.
+"""
+from __future__ import annotations
+
+from ..folded import fold, lora_layers, update_norms
+from ..lora import STUDENT
+from .base import Method
+
+
+class Folding(Method):
+    fresh_adapter = True
+    keeps_adapter = False
+    #: coefficient of the step's update when it is folded in (merge's `weight`)
+    fold_weight: float = 1.0
+
+    def prepare(self, student, prev, concept, latents) -> None:
+        """Finds the student's LoRA layers now, so a target folding cannot handle (a conv)
+        fails before training rather than after it."""
+        self.layers = lora_layers(student.unet, STUDENT)
+
+    def state_after_step(self, unet, prev, concept):
+        self.state = fold(prev.state, unet, STUDENT, self.fold_weight)
+        return self.state
+
+    def train_log(self) -> dict:
+        """Norm of this step's folded update and of every step so far: a falling curve is
+        lost plasticity (each train_log.json holds the whole history)."""
+        norms = update_norms(self.state)
+        return {"update_norm": norms[-1], "update_norms": norms}
