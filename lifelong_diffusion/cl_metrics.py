@@ -32,6 +32,12 @@ def summarize(R: list[list[float | None]]) -> dict[str, float | None]:
     return summary
 
 
+def forgetting_by_length(R: list[list[float | None]]) -> list[float]:
+    """F of the sequence cut after t concepts, for t = 2..T: how forgetting grows as the
+    sequence gets longer (R[:t][:t] is exactly what a t-concept run would have measured)."""
+    return [summarize([row[:t] for row in R[:t]])["F"] for t in range(2, len(R) + 1)]
+
+
 def relevant_drift(base_metrics: dict, final_metrics: dict, key: str) -> dict | None:
     """Relevant-concept drift: class-prompt score under the base model minus under the final
     model ("a photo of a star" before and after learning my star); positive = forgotten.

@@ -51,6 +51,18 @@ def curves(rows: list[dict], keys: list[str], out: Path) -> Path:
     return _save(fig, out)
 
 
+def forgetting_curves(by_method: dict[str, list[float]], score: str, out: Path) -> Path:
+    """Forgetting F against sequence length (2..T concepts), one line per method."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for method, values in by_method.items():
+        ax.plot(range(2, len(values) + 2), values, marker="o", markersize=3, label=method)
+    ax.set_xlabel("concepts learned")
+    ax.set_ylabel(f"forgetting F ({score})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(fig, out)
+
+
 def _save(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")

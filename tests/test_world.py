@@ -12,6 +12,7 @@ from lifelong_diffusion.world import (
     COLORS,
     CONCEPTS,
     DEFAULT_SEQUENCE,
+    LONG_SEQUENCE,
     HELDOUT_COMBOS,
     PATTERNS,
     SHAPES,
@@ -148,6 +149,9 @@ def test_concept_definitions_are_valid():
     assert not {(c.color, c.shape) for c in CONCEPTS} & HELDOUT_COMBOS
     sequence = [concept_by_name(n) for n in DEFAULT_SEQUENCE]
     assert len(sequence) == 5 and len({c.shape for c in sequence}) == 5
+    # the long benchmark sequence continues the default one with distinct concepts
+    assert len(set(LONG_SEQUENCE)) == len(LONG_SEQUENCE) >= 10
+    assert LONG_SEQUENCE[:5] == DEFAULT_SEQUENCE
 
 
 def test_concept_by_name_lists_valid_names():

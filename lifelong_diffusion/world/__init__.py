@@ -3,6 +3,7 @@
 from .concepts import (
     CONCEPTS,
     DEFAULT_SEQUENCE,
+    LONG_SEQUENCE,
     TOKEN_RE,
     ConceptSpec,
     concept_by_name,
@@ -29,6 +30,7 @@ __all__ = [
     "CONCEPTS",
     "DEFAULT_SEQUENCE",
     "HELDOUT_COMBOS",
+    "LONG_SEQUENCE",
     "PATTERNS",
     "SHAPES",
     "TOKEN_RE",

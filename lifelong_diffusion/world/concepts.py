@@ -77,6 +77,9 @@ DEFAULT_SEQUENCE: tuple[str, ...] = (
     "striped-star", "dotted-heart", "checked-square", "ringed-circle", "dotted-hexagon",
 )
 
+# The long sequence (benchmarks.methods --long): the default five, then five more.
+LONG_SEQUENCE: tuple[str, ...] = tuple(spec.name for spec in CONCEPTS[:10])
+
 
 def concept_by_name(name: str) -> ConceptSpec:
     try:
