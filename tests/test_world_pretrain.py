@@ -82,3 +82,20 @@ def test_shipped_attribute_reader_scores_true_images_exactly(world_concepts):
     plain = [render(Scene("star", c, "gray", cx=0.4 + 0.05 * i)) for i, c in enumerate(("red", "blue", "green"))]
     assert reader.class_scores(plain, "star") == {"attr_acc": 1.0}
     assert reader.class_scores(photos, "star") == {"attr_acc": 0.0}
+
+
+def test_vae_textures_repaint_only_objects_in_two_base_colours():
+    from lifelong_diffusion.world.pretrain import generic_textures, object_mask, to_pixels
+    from lifelong_diffusion.world.render import COLORS, base_dataset
+
+    pixels = to_pixels([image for image, _ in base_dataset(8, seed=3)])
+    textured = generic_textures(pixels, 0.5, torch.Generator().manual_seed(0))
+    again = generic_textures(pixels, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(textured, again)  # seeded
+    assert torch.equal(textured[4:], pixels[4:])  # only the requested share
+    palette = {tuple(c) for c in (torch.tensor(list(COLORS.values())) / 127.5 - 1).tolist()}
+    for original, painted in zip(pixels[:4], textured[:4]):
+        inside = object_mask(original[None])[0, 0] > 0
+        assert torch.equal(painted[:, ~inside], original[:, ~inside])  # background untouched
+        colours = {tuple(v) for v in painted[:, inside].T.tolist()}
+        assert len(colours) == 2 and colours <= palette  # blotches of two base colours

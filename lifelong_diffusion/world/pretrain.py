@@ -51,6 +51,13 @@ class PretrainConfig:
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
     vae_object_weight: float = 4.0  # extra L1 weight on object pixels; without it colours are lost (measured)
+    # Share of the VAE's images whose object is repainted with a generic two-colour texture
+    # (random blotches, none of the personal patterns), so the VAE can carry any pattern.
+    # Measured (reports/world_pretraining.md, run E): a flat-paint VAE's reconstructions of
+    # concept photos are read as their pattern 0.51 of the time, with 0.5 textured 0.96; but
+    # the base built on that VAE drew shapes worse (0.66 vs 0.83) and learnt the concept no
+    # better, so the shipped base keeps 0 (off).
+    vae_texture_fraction: float = 0.0
     # Text encoder: CLIP architecture, tiny
     text_hidden: int = 64
     text_layers: int = 2
@@ -206,6 +213,36 @@ def vae_step(vae: AutoencoderKL, opt: torch.optim.Optimizer, x: torch.Tensor, we
     return loss.item()
 
 
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of (N, 1, H, W) noise, one sigma (pixels) per image."""
+    offsets = torch.arange(-6, 7, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True))[:, None, None, :]  # (N, 1, 1, 13), horizontal
+    y = x.transpose(0, 1)  # images as channels, so each gets its own kernel (groups=N)
+    y = F.conv2d(F.pad(y, (6, 6, 0, 0), mode="circular"), kernel, groups=len(x))
+    y = F.conv2d(F.pad(y, (0, 0, 6, 6), mode="circular"), kernel.transpose(2, 3), groups=len(x))
+    return y.transpose(0, 1)
+
+
+def generic_textures(pixels: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """A copy of `pixels` (in [-1, 1]) whose first `fraction` of objects are repainted with
+    thresholded blurred noise in two base colours: blotches at random scales, irregular by
+    construction, so the VAE learns to carry fine two-colour detail without ever seeing a
+    stripe, dot, check or ring."""
+    out = pixels.clone()
+    n = int(fraction * len(pixels))
+    if n == 0:
+        return out
+    size = pixels.shape[-1]
+    field = _blur(torch.randn((n, 1, size, size), generator=gen), 0.7 + 2.3 * torch.rand(n, generator=gen))
+    on = field > field.flatten(1).median(1).values[:, None, None, None]
+    palette = torch.tensor(list(COLORS.values()), dtype=pixels.dtype) / 127.5 - 1
+    pairs = torch.stack([torch.randperm(len(palette), generator=gen)[:2] for _ in range(n)])
+    paint = torch.where(on, palette[pairs[:, 0]][..., None, None], palette[pairs[:, 1]][..., None, None])
+    out[:n] = torch.where(object_mask(pixels[:n]) > 0, paint, pixels[:n])
+    return out
+
+
 def train_vae(cfg: PretrainConfig, pixels: torch.Tensor, gen: torch.Generator,
               log) -> tuple[AutoencoderKL, float]:
     """Short one-cycle run on whole images: flat-coloured shapes are easy to reconstruct, so minutes suffice.
@@ -214,6 +251,7 @@ def train_vae(cfg: PretrainConfig, pixels: torch.Tensor, gen: torch.Generator,
     trained on crops gets background colours wrong on full frames.)
     """
     vae = build_vae(cfg)
+    pixels = generic_textures(pixels, cfg.vae_texture_fraction, gen)
     weights = 1 + cfg.vae_object_weight * object_mask(pixels)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.vae_lr, total_steps=cfg.vae_steps)
