@@ -40,8 +40,15 @@ def adapter_weights(unet, name: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(unet, adapter_name=name).items()}
 
 
+def named_adapter_parameters(unet, name: str) -> dict[str, torch.nn.Parameter]:
+    """Adapter `name`'s parameters under their peft state-dict keys (the keys of
+    adapter_weights: the adapter name dropped, as get_peft_model_state_dict does)."""
+    return {n.replace(f".{name}", ""): p for n, p in unet.named_parameters()
+            if f".{name}." in n and "lora_" in n}
+
+
 def adapter_parameters(unet, name: str) -> list[torch.nn.Parameter]:
-    return [p for n, p in unet.named_parameters() if f".{name}." in n and "lora_" in n]
+    return list(named_adapter_parameters(unet, name).values())
 
 
 @contextmanager

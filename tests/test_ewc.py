@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lifelong_diffusion.base_model import load_pipeline
-from lifelong_diffusion.lora import STUDENT, set_adapter_weights
-from lifelong_diffusion.methods.ewc import FISHER, Ewc, stored_fisher, student_parameters
+from lifelong_diffusion.lora import STUDENT, named_adapter_parameters, set_adapter_weights
+from lifelong_diffusion.methods.ewc import FISHER, Ewc, stored_fisher
 from lifelong_diffusion.snapshot import load_snapshot, read_train_log
 from lifelong_diffusion.train import (Student, TrainConfig, encode_latents, read_processed_concept,
                                       train_concept)
@@ -85,7 +85,7 @@ def test_penalty_is_zero_at_the_anchor_and_quadratic_in_the_distance(run):
     total_fisher = sum(float(f.sum()) for f in stored_fisher(load_snapshot(out / "ewc1").state).values())
     for distance in (0.01, 0.02):  # every parameter moved by `distance` from its anchor
         with torch.no_grad():
-            for p in student_parameters(student.unet).values():
+            for p in named_adapter_parameters(student.unet, STUDENT).values():
                 p.add_(0.01)
         expected = 2.0 / 2 * distance ** 2 * total_fisher
         assert method.regularizer(None).item() == pytest.approx(expected, rel=1e-3)

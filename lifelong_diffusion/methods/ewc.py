@@ -30,17 +30,10 @@ import torch.nn.functional as F
 
 from ..dc_score import IDENTIFIER_PROMPT, TEMPERATURE, concept_prompt_set, dc_log_probs, shared_noising
 from ..diffusion import snr_weight
-from ..lora import STUDENT
+from ..lora import STUDENT, named_adapter_parameters
 from .base import Method, StepContext
 
 FISHER = "fisher/"
-
-
-def student_parameters(unet) -> dict[str, torch.nn.Parameter]:
-    """The student adapter's parameters under their peft state-dict keys (the adapter name
-    dropped from the parameter name, as peft does in get_peft_model_state_dict)."""
-    return {n.replace(f".{STUDENT}", ""): p for n, p in unet.named_parameters()
-            if f".{STUDENT}." in n and "lora_" in n}
 
 
 def stored_fisher(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -69,7 +62,7 @@ class FisherPenalty(Method):
 
     def prepare(self, student, prev, concept, latents) -> None:
         self.student, self.past, self.concept, self.latents = student, prev.concepts, concept, latents
-        params, fisher = student_parameters(student.unet), stored_fisher(prev.state)
+        params, fisher = named_adapter_parameters(student.unet, STUDENT), stored_fisher(prev.state)
         unknown = sorted(set(fisher) - set(params))
         if unknown:
             raise ValueError(f"the Fisher in the previous snapshot does not fit the adapter (e.g. "
@@ -91,7 +84,7 @@ class FisherPenalty(Method):
 
     def fisher_pass(self, unet) -> dict[str, torch.Tensor]:
         """Normalised F_t: the mean squared gradient of `log_likelihood` per latent and draw."""
-        params = student_parameters(unet)
+        params = named_adapter_parameters(unet, STUDENT)
         sums = {k: torch.zeros_like(p) for k, p in params.items()}
         generator = torch.Generator().manual_seed(self.seed)
         for x0 in self.latents.split(1):
