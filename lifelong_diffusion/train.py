@@ -127,6 +127,12 @@ class Student:
         return self.pipe.text_encoder(input_ids)[0]
 
     @torch.no_grad()
+    def embed_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings of a method's fixed prompts, without gradient: regularizers read
+        them, they never train the token through them."""
+        return self.encode_text(tokenize(self.pipe.tokenizer, prompts).to(self.unet.device))
+
+    @torch.no_grad()
     def teacher_eps(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor):
         with using_adapter(self.unet, TEACHER, restore=STUDENT):
             return self.unet(noisy, timesteps, cond).sample

@@ -44,15 +44,12 @@ class Dsc(Method):
         self.generator = torch.Generator().manual_seed(seed)
 
     def prepare(self, student, prev, concept, latents) -> None:
-        from ..train import tokenize  # train imports methods; import at call time
-
         self.latents, self.scheduler, self.embeddings = latents, student.pipe.scheduler, None
         if not prev.concepts:  # first concept: nothing to consolidate
             return
         prompts = relevant_prompts(prev.concepts, concept.class_word, CLASS_PROMPT, IDENTIFIER_PROMPT)
-        ids = tokenize(student.pipe.tokenizer, prompts).to(latents.device)
-        with torch.no_grad():  # none of these prompts holds the new token: constant embeddings
-            self.embeddings = student.encode_text(ids)
+        # none of these prompts holds the new token: constant embeddings
+        self.embeddings = student.embed_prompts(prompts)
 
     def regularizer(self, ctx: StepContext) -> torch.Tensor | None:
         if self.embeddings is None:

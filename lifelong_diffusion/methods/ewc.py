@@ -98,14 +98,6 @@ class FisherPenalty(Method):
     def log_likelihood(self, unet, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.no_grad()
-    def embed(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings with no gradient: the Fisher is over the adapter, not the token."""
-        from ..train import tokenize  # train imports methods; import at call time
-
-        ids = tokenize(self.student.pipe.tokenizer, prompts).to(self.latents.device)
-        return self.student.encode_text(ids)
-
     def train_log(self) -> dict:
         return {"fisher_seconds": self.seconds}
 
@@ -121,7 +113,7 @@ class Ewc(FisherPenalty):
         noisy, t, target = shared_noising(scheduler, x0, generator,
                                           (0, scheduler.config.num_train_timesteps - 1))
         prompt = IDENTIFIER_PROMPT.format(token=self.concept.token, class_word=self.concept.class_word)
-        pred = unet(noisy, t, self.embed([prompt])).sample
+        pred = unet(noisy, t, self.student.embed_prompts([prompt])).sample
         weight = snr_weight(scheduler, t.cpu(), self.student.snr_gamma).to(pred)
         return -(weight * F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))).sum()
 
@@ -141,6 +133,7 @@ class EwcDC(FisherPenalty):
     def log_likelihood(self, unet, x0, generator):
         prompts = concept_prompt_set(self.concept.token, self.concept.class_word, self.past,
                                      self.past_prompts, generator)
-        log_p = dc_log_probs(unet, self.student.pipe.scheduler, x0, self.embed(prompts), generator,
+        log_p = dc_log_probs(unet, self.student.pipe.scheduler, x0,
+                             self.student.embed_prompts(prompts), generator,
                              temperature=self.temperature)
         return log_p[0, -1]  # the current identifier prompt is last in C

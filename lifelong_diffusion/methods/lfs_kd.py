@@ -47,13 +47,10 @@ class LfsKD(Method):
         self.generator = torch.Generator().manual_seed(seed)
 
     def prepare(self, student, prev, concept, latents) -> None:
-        from ..train import tokenize  # train imports methods; import at call time
-
         prompts = relevant_prompts(prev.concepts, concept.class_word, self.class_prompt,
                                    self.identifier_prompt)
-        ids = tokenize(student.pipe.tokenizer, prompts + [""]).to(student.unet.device)
-        with torch.no_grad():  # none of these prompts holds the new token: constant embeddings
-            embeddings = student.encode_text(ids)
+        # none of these prompts holds the new token: constant embeddings
+        embeddings = student.embed_prompts(prompts + [""])
         cond = embeddings[:-1].repeat_interleave(self.samples_per_prompt, 0)
         self.scheduler, self.uncond = student.pipe.scheduler, embeddings[-1:]
         with using_adapter(student.unet, TEACHER, restore=STUDENT):
