@@ -2,12 +2,15 @@
 
     python -m benchmarks.world --reuse            # score the shipped models/world (minutes)
     python -m benchmarks.world --seed 1 --out /tmp/world1   # pretrain from scratch (about an hour)
+    python -m benchmarks.world --reuse --all-concepts       # + the LoRA check on all 5 default concepts
 
 Base: every seen colour x shape pair (and, separately, every held-out pair) is prompted as a
 full base caption with fixed seeds, backgrounds cycled; the attribute classifier says what
 each image shows. Evaluator: zero-shot shape accuracy of the world CLIP on fresh renders.
 Personalization: one concept learned by one LoRA step of the project's own training code,
-then the share of its samples that show its pattern. The last stdout line is one JSON object.
+then the share of its samples that show its pattern (`concept_acc_after_lora`; with
+--all-concepts also per concept of the default sequence and their mean). The last stdout
+line is one JSON object.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from lifelong_diffusion.ingest import ingest_concept
 from lifelong_diffusion.presets import WORLD_DIR
 from lifelong_diffusion.snapshot import empty_snapshot, save_snapshot
 from lifelong_diffusion.train import TrainConfig, train_concept
-from lifelong_diffusion.world import attributes, concept_by_name, write_concept_folder
+from lifelong_diffusion.world import DEFAULT_SEQUENCE, attributes, concept_by_name, write_concept_folder
 from lifelong_diffusion.world.build import WorldBuildConfig, build_world_models
 from lifelong_diffusion.world.evaluator import WORLD_CLIP, zero_shot_accuracy
 from lifelong_diffusion.world.pretrain import seen_prompts
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concept", default="striped-star", help="world concept for the LoRA check")
     parser.add_argument("--lora-steps", type=int, default=300)
     parser.add_argument("--concept-seeds", type=int, default=16)
+    parser.add_argument("--all-concepts", action="store_true",
+                        help="also run the LoRA check on every concept of the default sequence")
     parser.add_argument("--grid", help="write PNG grids of the samples here (base, and -concept.png)")
     args = parser.parse_args(argv)
 
@@ -160,6 +165,12 @@ def main(argv: list[str] | None = None) -> dict:
         concept_grid = args.grid and str(Path(args.grid).with_suffix("")) + "-concept.png"
         result.update(concept_after_lora(world_dir, args.concept, args.lora_steps, args.concept_seeds,
                                          Path(tmp) / "lora", concept_grid))
+        if args.all_concepts:
+            by_concept = {name: concept_after_lora(world_dir, name, args.lora_steps, args.concept_seeds,
+                                                   Path(tmp) / f"lora-{name}", None)["concept_acc_after_lora"]
+                          for name in DEFAULT_SEQUENCE}
+            result.update(concept_acc_by_concept=by_concept,
+                          concept_acc_mean=sum(by_concept.values()) / len(by_concept))
     print(json.dumps(result))
     return result
 

@@ -8,7 +8,8 @@ concatenated low-rank factors per layer, in the method state:
     folded/<module path>/A   (r_total, in)
     folded/<module path>/B   (out, r_total)   scaling already multiplied in
 
-so B @ A is the whole folded update, plus `folded_norms`: per step, the Frobenius norm of its
+so B @ A is the whole folded update (for a Conv2d layer, A is flattened to (r_total, in * kh * kw)
+and B @ A is reshaped to the kernel, which is how peft composes its conv LoRA), plus `folded_norms`: per step, the Frobenius norm of its
 update over all layers, sqrt(sum_l ||dW_l||_F^2) (C-LoRA's loss of plasticity shows as a
 falling curve; kept in the state so every step's train_log.json can show the whole history).
 
@@ -26,13 +27,14 @@ FOLDED = "folded/"
 FOLDED_NORMS = "folded_norms"
 
 
-def _base_linear(layer: torch.nn.Module, path: str) -> torch.nn.Linear:
-    """The frozen Linear under a peft LoRA layer (or the Linear itself before adapters exist)."""
+def _base_layer(layer: torch.nn.Module, path: str) -> torch.nn.Linear | torch.nn.Conv2d:
+    """The frozen Linear or Conv2d under a peft LoRA layer (or the layer itself before
+    adapters exist)."""
     base = layer.get_base_layer() if isinstance(layer, BaseTunerLayer) else layer
-    if not isinstance(base, torch.nn.Linear):
+    if not isinstance(base, (torch.nn.Linear, torch.nn.Conv2d)):
         raise ValueError(f"LoRA target {path} is a {type(base).__name__}: folding adapters "
-                         "(merge, clora) supports Linear layers only; restrict "
-                         "train.lora_targets to attention projections.")
+                         "(merge, clora) supports Linear and Conv2d layers only; restrict "
+                         "train.lora_targets to those.")
     return base
 
 
@@ -42,13 +44,15 @@ def lora_layers(unet, adapter: str) -> dict[str, BaseTunerLayer]:
     layers = {path: m for path, m in unet.named_modules()
               if isinstance(m, BaseTunerLayer) and adapter in getattr(m, "lora_A", {})}
     for path, layer in layers.items():
-        _base_linear(layer, path)
+        _base_layer(layer, path)
     return layers
 
 
 def scaled_factors(layer: BaseTunerLayer, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s B, A) of one LoRA layer, with gradient: the update is their product."""
-    return layer.lora_B[adapter].weight * layer.scaling[adapter], layer.lora_A[adapter].weight
+    """(s B, A) of one LoRA layer as matrices, with gradient: the update is their product.
+    A conv LoRA's B is a 1x1 conv (out, r, 1, 1) and its A a conv (r, in, kh, kw)."""
+    b, a = layer.lora_B[adapter].weight, layer.lora_A[adapter].weight
+    return b.flatten(1) * layer.scaling[adapter], a.flatten(1)
 
 
 def layer_update(layer: BaseTunerLayer, adapter: str) -> torch.Tensor:
@@ -102,9 +106,9 @@ def apply_folded(unet, state: dict[str, torch.Tensor]) -> None:
     Works before adapters are attached and after (on the LoRA layer's base_layer); a
     snapshot without folded factors leaves the UNet untouched."""
     for path, delta in folded_deltas(state, unet.device).items():
-        weight = _base_linear(unet.get_submodule(path), path).weight
-        if weight.shape != delta.shape:
+        weight = _base_layer(unet.get_submodule(path), path).weight
+        if weight.flatten(1).shape != delta.shape:
             raise ValueError(f"the snapshot's folded update of {path} is {tuple(delta.shape)} "
                              f"but the base model's weight is {tuple(weight.shape)}: the "
                              "snapshot was trained on another base model.")
-        weight += delta.to(weight.dtype)
+        weight += delta.reshape(weight.shape).to(weight.dtype)

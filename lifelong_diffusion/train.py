@@ -48,7 +48,15 @@ class TrainConfig:
     # dominate the gradient on a few photos and the concept's colours and pattern, decided
     # at high noise, were not learnt in 300 steps (measured on the world preset).
     snr_gamma: float | None = 5.0
-    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # Attention projections and the resnets' 3x3 convs (names as in SD's UNet). A pattern is
+    # drawn at the finest level; the world's UNet has no attention there, and with attention
+    # targets alone the striped star was never learnt (pattern read 0/8 vs 8/8 with the convs).
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0",
+                                                             "conv1", "conv2"])
+    # Also train on the photos' mirror images. Off: a mirror changes what makes many concepts
+    # personal (lettering, a logo's side, the direction of stripes); on the world preset the
+    # mirrored diagonal stripes are another pattern, and the adapter learnt a blend of both.
+    mirror: bool = False
     prompt_templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     seed: int = 0
     device: str = "auto"
@@ -151,11 +159,13 @@ class Student:
 
 
 @torch.no_grad()
-def encode_latents(pipe, images: list[Image.Image]) -> torch.Tensor:
-    """VAE latents of the images and their mirror images, encoded once for the whole step."""
+def encode_latents(pipe, images: list[Image.Image], mirror: bool = False) -> torch.Tensor:
+    """VAE latents of the images (then their mirror images, if asked), encoded once per step."""
     arrays = [np.asarray(img, dtype=np.float32) / 127.5 - 1.0 for img in images]
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    pixels = torch.cat([pixels, pixels.flip(-1)]).to(pipe.device, pipe.vae.dtype)
+    if mirror:
+        pixels = torch.cat([pixels, pixels.flip(-1)])
+    pixels = pixels.to(pipe.device, pipe.vae.dtype)
     return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
@@ -214,7 +224,7 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
     method = build_method(cfg.method, cfg.selected_method_params)
     torch.manual_seed(cfg.seed)  # after loading: fresh LoRA weights must not depend on the cache
     student = Student(pipe, prev, concept, cfg, method)
-    latents = encode_latents(pipe, concept.images)
+    latents = encode_latents(pipe, concept.images, cfg.mirror)
     training_started = time.perf_counter()  # per-step cost: the method's preparation and the loop
     method.prepare(student, prev, concept, latents)
     templates = concept.prompts or cfg.prompt_templates

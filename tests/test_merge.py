@@ -4,7 +4,6 @@ and a merged snapshot evaluates (tiny preset, a few steps)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,8 +25,8 @@ RANK = CFG.lora_rank
 
 @pytest.mark.parametrize("under_adapters", [False, True])
 def test_folded_update_computes_what_the_adapter_computed(lora_unet, unet_eps, under_adapters):
-    """base + B_cat A_cat == base with the adapter active; applied to the plain Linear or to
-    the base_layer under an (identity) peft adapter."""
+    """base + B_cat A_cat == base with the adapter active (Linear and Conv2d layers); applied
+    to the plain layer or to the base_layer under an (identity) peft adapter."""
     unet = lora_unet(0)
     with_adapter = unet_eps(unet)
     folded = load_pipeline("tiny-random", "cpu").unet
@@ -45,23 +44,29 @@ def test_each_fold_appends_one_rank_r_pair_and_its_norm(lora_unet):
     twice = fold(once, second, STUDENT, weight=0.5)
     layers = lora_layers(second, STUDENT)
     for path, (b, a) in folded_factors(twice).items():
-        layer = layers[path]
-        assert a.shape == (2 * 4, layer.in_features) and b.shape == (layer.out_features, 2 * 4)
+        delta = layers[path].get_delta_weight(STUDENT).detach().flatten(1)  # conv: (out, in*k*k)
+        assert a.shape == (2 * 4, delta.shape[1]) and b.shape == (delta.shape[0], 2 * 4)
         assert torch.equal(a[:4], once[f"{FOLDED}{path}/A"])  # earlier factors untouched
-        torch.testing.assert_close(b[:, 4:] @ a[4:], 0.5 * layer.get_delta_weight(STUDENT).detach())
+        torch.testing.assert_close(b[:, 4:] @ a[4:], 0.5 * delta)
     expected = sum(float(l.get_delta_weight(STUDENT).detach().norm() ** 2) for l in layers.values())
     assert twice["folded_norms"].shape == (2,)
     assert twice["folded_norms"][1].item() == pytest.approx(0.5 * expected ** 0.5, rel=1e-5)
 
 
-def test_a_conv_target_is_a_clear_error_before_training():
+def test_folding_into_a_layer_without_a_weight_matrix_is_a_clear_error():
     unet = load_pipeline("tiny-random", "cpu").unet
-    state = {f"{FOLDED}conv_in/A": torch.zeros(4, 4), f"{FOLDED}conv_in/B": torch.zeros(32, 4)}
-    with pytest.raises(ValueError, match="conv_in is a Conv2d.*Linear layers only"):
+    state = {f"{FOLDED}conv_norm_out/A": torch.zeros(4, 4), f"{FOLDED}conv_norm_out/B": torch.zeros(32, 4)}
+    with pytest.raises(ValueError, match="conv_norm_out is a GroupNorm.*Linear and Conv2d"):
         apply_folded(unet, state)
-    add_lora(unet, lora_settings(4, 4.0, ["to_q", "conv_in"]), STUDENT, None)
-    with pytest.raises(ValueError, match="conv_in is a Conv2d.*Linear layers only"):
-        Merge().prepare(SimpleNamespace(unet=unet), None, None, None)  # reads only student.unet
+
+
+def test_a_folded_update_of_another_base_model_is_a_clear_error(lora_unet):
+    state = fold({}, lora_unet(0), STUDENT)
+    path = next(k for k in state if k.endswith("conv1/A"))
+    state[path] = torch.zeros(4, 7)
+    state[path[:-1] + "B"] = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="trained on another base model"):
+        apply_folded(load_pipeline("tiny-random", "cpu").unet, state)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +96,9 @@ def test_snapshots_keep_growing_factors_and_no_adapter(run):
     s1, s2 = load_snapshot(out / C1), load_snapshot(out / C2)
     assert s1.adapter == {} and s2.adapter == {}
     f1, f2 = folded_factors(s1.state), folded_factors(s2.state)
-    assert f1.keys() == f2.keys() and len(f1) == 32  # every attention projection of the tiny UNet
+    unet = load_pipeline("tiny-random", "cpu").unet
+    add_lora(unet, lora_settings(RANK, CFG.lora_alpha, CFG.lora_targets), STUDENT, None)
+    assert f1.keys() == f2.keys() == lora_layers(unet, STUDENT).keys()  # every LoRA target layer
     for path, (b, a) in f2.items():
         assert a.shape[0] == 2 * RANK and b.shape[1] == 2 * RANK and f1[path][0].shape[1] == RANK
         assert torch.equal(b[:, :RANK], f1[path][0]) and torch.equal(a[:RANK], f1[path][1])

@@ -29,7 +29,7 @@ STEPS = 4
 TRAIN = TrainConfig(steps=STEPS, batch_size=1, device="cpu")
 ZERO = TrainConfig(steps=0, batch_size=1, device="cpu")
 EVAL = EvalConfig(seeds=[0, 1], steps=2, device="cpu")
-TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2")
 
 
 def train(prev: Path, concept: str, out: Path, processed: Path, cfg: TrainConfig = TRAIN) -> str:

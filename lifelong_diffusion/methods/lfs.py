@@ -31,7 +31,7 @@ class Lfs(LfsKD):
 
     def prepare(self, student, prev, concept, latents) -> None:
         super().prepare(student, prev, concept, latents)
-        self.photos = latents[: len(latents) // 2]  # train.encode_latents: photos, then mirrors
+        self.photos = latents[: len(concept.images)]  # train.encode_latents: photos, then any mirrors
         self.bank = icgen.attach(student.unet, student.pipe.scheduler, self.uncond, seed=0)
 
     def conditioning(self, picked: torch.Tensor):
