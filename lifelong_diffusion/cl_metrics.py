@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from statistics import mean
 
-SCORES = ("attr_acc", "clip_i", "clip_t")  # attr_acc only where an attribute classifier scored
+# attr_acc and pattern_acc only where an attribute classifier scored (the world preset)
+SCORES = ("attr_acc", "pattern_acc", "clip_i", "clip_t")
 
 
 def score_matrix(step_metrics: list[dict], key: str) -> tuple[list[str], list[list[float | None]]]:

@@ -97,7 +97,9 @@ class AttributeReader:
 
     A concept sample counts when it shows the concept's shape *and* pattern; a class-prompt
     sample ("a photo of a star") counts when it shows the shape with no pattern, so a
-    pattern leaking into the plain class is relevant-concept forgetting. Colour is not
+    pattern leaking into the plain class is relevant-concept forgetting. `pattern_acc` asks
+    only for the pattern (none, for a class prompt): the world base draws a concept's
+    pattern far more reliably than its shape. Colour is not
     required: the classifier reads the base colour of striped or checked objects less
     reliably (0.78-0.88) than shape and pattern (>= 0.99).
     """
@@ -116,7 +118,9 @@ class AttributeReader:
 
     def class_scores(self, images, shape: str) -> dict[str, float]:
         preds = self._attributes.predict(self.model, images)
-        return {"attr_acc": sum(p["shape"] == shape and p["pattern"] is None for p in preds) / len(preds)}
+        plain = [p["pattern"] is None for p in preds]
+        both = [ok and p["shape"] == shape for ok, p in zip(plain, preds)]
+        return {"attr_acc": sum(both) / len(preds), "pattern_acc": sum(plain) / len(preds)}
 
 
 def world_truth(processed_dir: Path) -> dict | None:

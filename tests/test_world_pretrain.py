@@ -80,8 +80,8 @@ def test_shipped_attribute_reader_scores_true_images_exactly(world_concepts):
     assert reader.concept_scores(photos, truth) == {"attr_acc": 1.0, "pattern_acc": 1.0}
     assert reader.concept_scores(photos, {**truth, "pattern": "dots"})["pattern_acc"] == 0.0
     plain = [render(Scene("star", c, "gray", cx=0.4 + 0.05 * i)) for i, c in enumerate(("red", "blue", "green"))]
-    assert reader.class_scores(plain, "star") == {"attr_acc": 1.0}
-    assert reader.class_scores(photos, "star") == {"attr_acc": 0.0}
+    assert reader.class_scores(plain, "star") == {"attr_acc": 1.0, "pattern_acc": 1.0}
+    assert reader.class_scores(photos, "star") == {"attr_acc": 0.0, "pattern_acc": 0.0}
 
 
 def test_vae_textures_repaint_only_objects_in_two_base_colours():
