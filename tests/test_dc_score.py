@@ -1,25 +1,19 @@
 """DC score: one shared (s, eps), prompts batched in (B, K) order, softmax of negative errors,
-gradients to the weights, the prompt set C, and a model that learned two concepts telling
-them apart (world preset) where the untrained one does not."""
+gradients to the weights, the prompt set C, and the world base classifying its own renders."""
 from __future__ import annotations
 
-from dataclasses import replace
 from types import SimpleNamespace
 
-import pytest
+import numpy as np
 import torch
 from diffusers import DDPMScheduler
 
 from lifelong_diffusion.dc_score import (concept_prompt_set, dc_log_probs, log_probs,
                                          predict_per_prompt, shared_noising)
-from lifelong_diffusion.evaluate import personalized_pipeline
-from lifelong_diffusion.lora import add_tokens, word_embedding
-from lifelong_diffusion.snapshot import empty_snapshot, load_snapshot, save_snapshot
-from lifelong_diffusion.train import (TrainConfig, encode_latents, read_processed_concept, tokenize,
-                                      train_concept)
-from lifelong_diffusion.world import DEFAULT_SEQUENCE
+from lifelong_diffusion.base_model import load_pipeline
+from lifelong_diffusion.train import encode_latents, tokenize
+from lifelong_diffusion.world.render import render, sample_scene
 
-C1, C2 = DEFAULT_SEQUENCE[:2]
 SCHEDULER = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                           beta_start=0.00085, beta_end=0.012, prediction_type="epsilon")
 
@@ -79,44 +73,23 @@ def test_prompt_set_is_class_prompt_then_past_identifiers_then_own():
     assert seeded[0] == seeded[1]
 
 
-@pytest.fixture(scope="module")
-def two_concepts(world_concepts, tmp_path_factory):
-    """S_2 of the world preset after learning both concepts (naive, 30 steps each)."""
-    out = tmp_path_factory.mktemp("dc")
-    save_snapshot(empty_snapshot("world"), out / "base")
-    cfg = TrainConfig(steps=30, lr=1e-2, device="cpu")
-    train_concept(out / "base", world_concepts / "processed" / C1, out / C1, cfg, progress=False)
-    train_concept(out / C1, world_concepts / "processed" / C2, out / C2, cfg, progress=False)
-    concepts = [read_processed_concept(world_concepts / "processed" / c) for c in (C1, C2)]
-    return load_snapshot(out / C2), concepts
-
-
-def accuracy(pipe, concepts) -> float:
-    """Share of both concepts' latents that the DC score (log-probs averaged over 8 draws)
-    puts on their own identifier prompt, against their class prompt and the other's."""
+def test_the_world_base_tells_the_colour_of_its_own_renders():
+    """The DC score as a classifier on a model whose text conditioning is known to work: the
+    world base draws the prompted colour every time (benchmarks.world), so its denoising
+    errors must pick the prompt naming a render's colour (chance: 1 in 3). Measured 12/12
+    on the shipped base with 1 and 2 threads. (A naive LoRA's identifier is not a good
+    subject: on the world base the adapter changes the class prompt as much as the
+    identifier prompt, so their errors tie.)"""
+    pipe = load_pipeline("world", "cpu")
+    colors = ("red", "blue", "green")
+    rng = np.random.default_rng(0)
     hits = []
-    for concept in concepts:
-        others = [{"token": c.token, "class_word": c.class_word} for c in concepts if c is not concept]
-        prompts = concept_prompt_set(concept.token, concept.class_word, others, 1, None)
-        with torch.no_grad():
-            embeddings = pipe.text_encoder(tokenize(pipe.tokenizer, prompts))[0]
-            x0 = encode_latents(pipe, concept.images)
+    with torch.no_grad():
+        embeddings = pipe.text_encoder(tokenize(pipe.tokenizer, [f"a photo of a {c} star" for c in colors]))[0]
+        for k, color in enumerate(colors):
+            renders = [render(sample_scene(rng, shape="star", color=color, spread=0.3)) for _ in range(4)]
             gen = torch.Generator().manual_seed(0)
-            mean = sum(dc_log_probs(pipe.unet, pipe.scheduler, x0, embeddings, gen) for _ in range(8))
-        hits += (mean.argmax(1) == len(prompts) - 1).tolist()
-    return sum(hits) / len(hits)
-
-
-def test_a_model_that_learned_two_concepts_classifies_their_images(two_concepts):
-    """Pooled over both concepts' 20 latents: per-concept shares move with the thread count
-    (1 thread: 1.0 / 0.7, 2 threads: 1.0 / 0.4 after these 30 steps), the pooled one stays
-    well above chance and above the untrained model's."""
-    snap, concepts = two_concepts
-    learned = accuracy(personalized_pipeline(snap, "cpu"), concepts)
-    untrained = personalized_pipeline(replace(snap, adapter={}, tokens={}), "cpu")
-    add_tokens(untrained.tokenizer, untrained.text_encoder,
-               {c.token: word_embedding(untrained.tokenizer, untrained.text_encoder, c.class_word)
-                for c in concepts})
-    before = accuracy(untrained, concepts)
-    assert learned > 1 / 3 + 0.2, learned  # chance: 1 of 3 prompts
-    assert before < learned - 0.3, (before, learned)
+            x0 = encode_latents(pipe, renders)
+            mean = sum(dc_log_probs(pipe.unet, pipe.scheduler, x0, embeddings, gen) for _ in range(4))
+            hits += (mean.argmax(1) == k).tolist()
+    assert sum(hits) >= 10, hits

@@ -46,18 +46,17 @@ class PretrainConfig:
     # 7-pixel pattern period, which the personal concepts need later.
     vae_channels: tuple[int, ...] = (16, 32)
     latent_channels: int = 4
-    vae_steps: int = 500
+    vae_steps: int = 800
     vae_batch: int = 32
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
     vae_object_weight: float = 4.0  # extra L1 weight on object pixels; without it colours are lost (measured)
     # Share of the VAE's images whose object is repainted with a generic two-colour texture
     # (random blotches, none of the personal patterns), so the VAE can carry any pattern.
-    # Measured (reports/world_pretraining.md, run E): a flat-paint VAE's reconstructions of
-    # concept photos are read as their pattern 0.51 of the time, with 0.5 textured 0.96; but
-    # the base built on that VAE drew shapes worse (0.66 vs 0.83) and learnt the concept no
-    # better, so the shipped base keeps 0 (off).
-    vae_texture_fraction: float = 0.0
+    # Measured (reports/world_pretraining.md): a flat-paint VAE's reconstructions of concept
+    # photos are read as their pattern 0.51 of the time, with half textured 0.96; on a
+    # flat-paint base no LoRA learnt the striped star (pattern read 0-0.6), on this one 1.0.
+    vae_texture_fraction: float = 0.5
     # Text encoder: CLIP architecture, tiny
     text_hidden: int = 64
     text_layers: int = 2
@@ -74,7 +73,7 @@ class PretrainConfig:
     prediction_type: str = "v_prediction"
     zero_terminal_snr: bool = True
     min_snr_gamma: float | None = 5.0
-    steps: int = 1500
+    steps: int = 2000
     max_minutes: float | None = None  # cap on the whole pretraining; the UNet stage gets what is left
     batch_size: int = 64
     lr: float = 1e-3
