@@ -8,10 +8,11 @@ concatenated low-rank factors per layer, in the method state:
     folded/<module path>/A   (r_total, in)
     folded/<module path>/B   (out, r_total)   scaling already multiplied in
 
-so B @ A is the whole folded update (for a Conv2d layer, A is flattened to (r_total, in * kh * kw)
-and B @ A is reshaped to the kernel, which is how peft composes its conv LoRA), plus `folded_norms`: per step, the Frobenius norm of its
-update over all layers, sqrt(sum_l ||dW_l||_F^2) (C-LoRA's loss of plasticity shows as a
-falling curve; kept in the state so every step's train_log.json can show the whole history).
+so B @ A is the whole folded update (for a Conv2d layer A is flattened to (r_total, in*kh*kw)
+and B @ A is reshaped to the kernel, which is how peft composes its conv LoRA), plus
+`folded_norms`: per step, the Frobenius norm of its update over all layers,
+sqrt(sum_l ||dW_l||_F^2) (C-LoRA's loss of plasticity shows as a falling curve; kept in the
+state so every step's train_log.json can show the whole history).
 
 Why factors, not dense deltas: storage grows by one rank-r pair per concept (about 3 MB at
 rank 4 on SD-1.5's attention projections) where dense deltas of those projections are about
