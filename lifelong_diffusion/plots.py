@@ -13,9 +13,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .cl_metrics import format_figure  # noqa: E402
 
-def r_heatmaps(matrices: dict[str, tuple[list[str], list[list[float | None]]]], out: Path) -> Path:
-    """One annotated heatmap per score: rows = after step t, columns = concept j."""
+
+def r_heatmaps(matrices: dict[str, tuple[list[str], list[list[float | None]]]], summary: dict,
+               out: Path) -> Path:
+    """One annotated heatmap per score: rows = after step t, columns = concept j; the title
+    gives the score's A and F from `summary` (continual.json) with their intervals."""
     fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.8), squeeze=False)
     for ax, (score, (names, R)) in zip(axes[0], matrices.items()):
         values = [[float("nan") if v is None else v for v in row] for row in R]
@@ -29,7 +33,9 @@ def r_heatmaps(matrices: dict[str, tuple[list[str], list[list[float | None]]]], 
                             color="black" if v > low + 0.6 * (top - low) else "white")
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(R)), [f"after {t + 1}" for t in range(len(R))], fontsize=7)
-        ax.set_title(f"R[t][j]: {score}", fontsize=9)
+        figures = summary[score]
+        title = "  ".join(f"{k} {format_figure(figures[k], figures.get(f'{k}_ci'), '.2f')}" for k in ("A", "F"))
+        ax.set_title(f"R[t][j]: {score}\n{title}", fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.7)
     return _save(fig, out)
 

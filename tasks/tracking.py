@@ -106,17 +106,19 @@ def log_sequence_report(
     tracking_uri: str | None = None,
 ) -> str:
     """The continual report on the sequence's parent run: A, F, BWT, LA and drift of every
-    score as metrics at the sequence length, the files of `report_dir` (R heatmap, curves,
+    score as metrics at the sequence length, each with its 95% interval as `<name>_lo` and
+    `<name>_hi` where continual.json has one, the files of `report_dir` (R heatmap, curves,
     continual.json) as artifacts under continual/. Logging again replaces the artifacts."""
     client = _client(tracking_uri)
     experiment_id = _ensure_experiment(client, experiment)
     parent_id = _ensure_parent_run(client, experiment_id, sequence_id, method, sequence_tags or {})
     now, steps = int(time.time() * 1000), int(summary["steps"])
-    metrics = [Metric(f"{score}.{key}", float(summary[score][key]), now, steps)
-               for score in SCORES if score in summary
-               for key in ("A", "F", "BWT", "LA") if summary[score][key] is not None]
-    metrics += [Metric(f"drift.{score}", float(d["drift"]), now, steps)
+    figures = [(f"{score}.{key}", summary[score][key], summary[score].get(f"{key}_ci"))
+               for score in SCORES if score in summary for key in ("A", "F", "BWT", "LA")]
+    figures += [(f"drift.{score}", d["drift"], d.get("drift_ci"))
                 for score, d in (summary.get("drift") or {}).items()]
+    metrics = [Metric(name, float(value), now, steps)
+               for name, value in _with_interval(figures) if value is not None]
     client.log_batch(parent_id, metrics=metrics)
     client.log_artifacts(parent_id, str(report_dir), "continual")
     return parent_id
@@ -316,6 +318,15 @@ def _numeric_leaves(tree: dict, prefix: tuple[str, ...] = ()) -> Iterator[tuple[
             yield from _numeric_leaves(value, path)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             yield _mlflow_key(".".join(path)), float(value)
+
+
+def _with_interval(figures: list[tuple[str, float | None, list[float] | None]]
+                   ) -> Iterator[tuple[str, float | None]]:
+    """(name, value) of each figure, then its interval's ends as name_lo and name_hi."""
+    for name, value, interval in figures:
+        yield name, value
+        if interval is not None:
+            yield from ((f"{name}_lo", interval[0]), (f"{name}_hi", interval[1]))
 
 
 def _mlflow_key(name: str) -> str:

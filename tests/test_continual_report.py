@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -51,6 +52,38 @@ def test_report_files(tmp_path):
         image = Image.open(tmp_path / name)
         assert image.width >= min_width  # one panel per score
         assert len(image.convert("L").getcolors(maxcolors=4096) or []) > 10  # something was drawn
+
+
+def sampled(scores: dict) -> dict:
+    """The same scores with per-seed values around them (two seeds: mean -+ 0.1)."""
+    return {**scores, "samples": {k: [v - 0.1, v + 0.1] for k, v in scores.items()}}
+
+
+def with_samples(metrics: dict) -> dict:
+    return {**metrics, **{group: {name: sampled(scores) for name, scores in metrics[group].items()}
+                          for group in ("per_concept", "class_prompts")}}
+
+
+def test_report_carries_intervals_next_to_each_figure(tmp_path):
+    summary = continual_report(with_samples(BASE), [with_samples(s) for s in STEPS], tmp_path)
+    for score in ("attr_acc", "clip_i", "clip_t"):
+        for k in ("A", "LA", "F", "BWT"):
+            lo, hi = summary[score][f"{k}_ci"]
+            assert lo <= hi and lo - 1e-9 <= summary[score][k] <= hi + 1e-9, (score, k)
+    assert summary["attr_acc"]["F"] == pytest.approx(0.4)  # the point figures are unchanged
+    for score in ("attr_acc", "clip_t"):
+        lo, hi = summary["drift"][score]["drift_ci"]
+        assert lo <= summary["drift"][score]["drift"] <= hi
+    assert json.loads((tmp_path / "continual.json").read_text()) == json.loads(json.dumps(summary))
+    lines = format_report(summary)
+    assert re.fullmatch(r"attr_acc: A=0\.500 \[[-\d.]+, [-\d.]+\]  LA=.*", lines[0])
+    assert re.search(r"attr_acc=\+0\.250 \[[-+]\d\.\d{3}, [-+]\d\.\d{3}\]", lines[-1])
+
+
+def test_old_metrics_without_samples_have_null_intervals(tmp_path):
+    summary = continual_report(BASE, STEPS, tmp_path)
+    assert all(summary["attr_acc"][f"{k}_ci"] is None for k in ("A", "LA", "F", "BWT"))
+    assert summary["drift"]["attr_acc"]["drift_ci"] is None
 
 
 def test_report_lines_include_drift(tmp_path):

@@ -217,10 +217,12 @@ def test_continual_report_goes_on_the_sequence_run(sqlite_store):
     root = sqlite_store / "work"
     make_step(root, 1)
     register(root, 1, is_last=True)
-    base = {"step": 0, "per_concept": {}, "class_prompts": {"star": {"clip_t": 0.3}}}
+    base = {"step": 0, "per_concept": {},
+            "class_prompts": {"star": {"clip_t": 0.3, "samples": {"clip_t": [0.3, 0.3]}}}}
     steps = [{"step": 1, "concept": "striped-star", "meaningful": True,
-              "per_concept": {"striped-star": {"clip_i": 0.8, "clip_t": 0.25}},
-              "class_prompts": {"star": {"clip_t": 0.2}}}]
+              "per_concept": {"striped-star": {"clip_i": 0.8, "clip_t": 0.25,
+                                               "samples": {"clip_i": [0.7, 0.9], "clip_t": [0.25, 0.25]}}},
+              "class_prompts": {"star": {"clip_t": 0.2, "samples": {"clip_t": [0.2, 0.2]}}}}]
     summary = continual_report(base, steps, root / "metrics")
     parent_id = log_sequence_report(root / "metrics", summary, experiment=EXPERIMENT,
                                     sequence_id=SEQUENCE, method="naive")
@@ -228,8 +230,14 @@ def test_continual_report_goes_on_the_sequence_run(sqlite_store):
     parent = client.get_run(parent_id)
     assert parent.data.tags["lifelong.kind"] == "sequence"
     assert parent.data.metrics["clip_i.A"] == pytest.approx(0.8)
+    # the interval's ends beside each figure (two seeds: the resampled means lie in [0.7, 0.9])
+    lo, hi = parent.data.metrics["clip_i.A_lo"], parent.data.metrics["clip_i.A_hi"]
+    assert [lo, hi] == pytest.approx(summary["clip_i"]["A_ci"]) and 0.7 <= lo < 0.8 < hi <= 0.9
     assert parent.data.metrics["drift.clip_t"] == pytest.approx(0.1)
+    drift = [parent.data.metrics[f"drift.clip_t_{end}"] for end in ("lo", "hi")]
+    assert drift == pytest.approx([0.1, 0.1])  # every seed drifts by 0.1
     assert "clip_i.F" not in parent.data.metrics  # undefined after one step, not logged as 0
+    assert "clip_i.F_lo" not in parent.data.metrics
     logged = {f.path for f in client.list_artifacts(parent_id, "continual")}
     assert logged == {"continual/continual.json", "continual/curves.csv", "continual/R_heatmap.png",
                       "continual/curves.png"}
