@@ -8,6 +8,7 @@ initialised and its scores are flagged as not meaningful.
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import mean
 
 import open_clip
 import torch
@@ -39,9 +40,17 @@ class ClipScorer:
         tokens = self.tokenizer(texts).to(self.device)
         return torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
+    def clip_i_samples(self, generated: list[Image.Image], references: list[Image.Image]) -> list[float]:
+        """Per generated image, its mean cosine similarity to the references."""
+        return (self.image_features(generated) @ self.image_features(references).T).mean(dim=1).tolist()
+
+    def clip_t_samples(self, generated: list[Image.Image], text: str) -> list[float]:
+        """Per generated image, its cosine similarity to the text."""
+        return (self.image_features(generated) @ self.text_features([text]).T)[:, 0].tolist()
+
     def clip_i(self, generated: list[Image.Image], references: list[Image.Image]) -> float:
         """Mean cosine similarity over all (generated, reference) pairs."""
-        return float((self.image_features(generated) @ self.image_features(references).T).mean())
+        return mean(self.clip_i_samples(generated, references))
 
     def clip_t(self, generated: list[Image.Image], text: str) -> float:
-        return float((self.image_features(generated) @ self.text_features([text]).T).mean())
+        return mean(self.clip_t_samples(generated, text))

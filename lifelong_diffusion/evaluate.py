@@ -1,7 +1,9 @@
 """Evaluation after a step: every concept seen so far and the class prompts, fixed seeds.
 
 Prompts and seeds are identical across steps, so any change of a score between steps is a
-change of the model (forgetting or learning), never sampling noise.
+change of the model (forgetting or learning), never sampling noise. Each score is kept per
+seed too (`samples`), so cl_metrics can bootstrap over seeds: how much a figure would move
+with other seeds.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import mean
 
 import torch
 from diffusers import DDIMScheduler
@@ -16,6 +19,7 @@ from PIL import Image
 
 from . import icgen
 from .base_model import image_resolution, load_pipeline, pick_device
+from .cl_metrics import SAMPLES
 from .clip_score import ClipScorer
 from .fileio import atomic_dir
 from .folded import apply_folded
@@ -27,11 +31,12 @@ from .train import read_processed_concept, tokenize
 
 
 REFERENCE_COLUMNS = 2  # the grid starts each concept row with two of its photos, then the samples
+GRID_SEEDS = 8  # samples shown per grid row (the first seeds); scores use every seed
 
 
 @dataclass
 class EvalConfig:
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    seeds: list[int] = field(default_factory=lambda: list(range(16)))
     steps: int = 20
     guidance_scale: float = 5.0
     prompt: str = "a photo of {token} {class_word}"
@@ -110,17 +115,36 @@ class AttributeReader:
         self._attributes = attributes
         self.model = attributes.load(weights)
 
-    def concept_scores(self, images, truth: dict) -> dict[str, float]:
+    def concept_samples(self, images, truth: dict) -> dict[str, list[float]]:
+        """1.0 or 0.0 per image, in order."""
         preds = self._attributes.predict(self.model, images)
         pattern = [p["pattern"] == truth["pattern"] for p in preds]
-        both = [ok and p["shape"] == truth["shape"] for ok, p in zip(pattern, preds)]
-        return {"attr_acc": sum(both) / len(preds), "pattern_acc": sum(pattern) / len(preds)}
+        return self._samples(preds, pattern, truth["shape"])
+
+    def class_samples(self, images, shape: str) -> dict[str, list[float]]:
+        preds = self._attributes.predict(self.model, images)
+        return self._samples(preds, [p["pattern"] is None for p in preds], shape)
+
+    def concept_scores(self, images, truth: dict) -> dict[str, float]:
+        return means(self.concept_samples(images, truth))
 
     def class_scores(self, images, shape: str) -> dict[str, float]:
-        preds = self._attributes.predict(self.model, images)
-        plain = [p["pattern"] is None for p in preds]
-        both = [ok and p["shape"] == shape for ok, p in zip(plain, preds)]
-        return {"attr_acc": sum(both) / len(preds), "pattern_acc": sum(plain) / len(preds)}
+        return means(self.class_samples(images, shape))
+
+    @staticmethod
+    def _samples(preds: list[dict], pattern_ok: list[bool], shape: str) -> dict[str, list[float]]:
+        both = [ok and p["shape"] == shape for ok, p in zip(pattern_ok, preds)]
+        return {"attr_acc": [float(b) for b in both], "pattern_acc": [float(ok) for ok in pattern_ok]}
+
+
+def means(samples: dict[str, list[float]]) -> dict[str, float]:
+    return {key: mean(values) for key, values in samples.items()}
+
+
+def with_samples(samples: dict[str, list[float]]) -> dict:
+    """Each score's mean under its own key (what R and every reader use) and its per-seed
+    values, in seed order, under `samples`."""
+    return {**means(samples), SAMPLES: samples}
 
 
 def world_truth(processed_dir: Path) -> dict | None:
@@ -151,26 +175,28 @@ def evaluate_snapshot(snapshot_dir: Path, processed_root: Path, out_dir: Path,
         folder = Path(processed_root) / c["name"]
         references = read_processed_concept(folder).images
         text = cfg.text_prompt.format(**c)
-        scores = {"clip_i": scorer.clip_i(images, references), "clip_t": scorer.clip_t(images, text)}
+        samples = {"clip_i": scorer.clip_i_samples(images, references),
+                   "clip_t": scorer.clip_t_samples(images, text)}
         truth = world_truth(folder) if reader else None
         if truth:
-            scores.update(reader.concept_scores(images, truth))
-        per_concept[c["name"]] = scores
+            samples.update(reader.concept_samples(images, truth))
+        per_concept[c["name"]] = with_samples(samples)
         refs = (references + [None] * REFERENCE_COLUMNS)[:REFERENCE_COLUMNS]
-        rows.append((f"{c['name']} {c['token']}", [*refs, *images]))
+        rows.append((f"{c['name']} {c['token']}", [*refs, *images[:GRID_SEEDS]]))
     use_concept_adapter(pipe, snap, None)
     for word in dict.fromkeys([c["class_word"] for c in snap.concepts] + list(class_words)):
         text = cfg.text_prompt.format(class_word=word)
         images = generate(pipe, text, cfg)
-        class_prompts[word] = {"clip_t": scorer.clip_t(images, text)}
+        samples = {"clip_t": scorer.clip_t_samples(images, text)}
         if reader:
-            class_prompts[word].update(reader.class_scores(images, word))
-        rows.append((text, [None] * REFERENCE_COLUMNS + images))
+            samples.update(reader.class_samples(images, word))
+        class_prompts[word] = with_samples(samples)
+        rows.append((text, [None] * REFERENCE_COLUMNS + images[:GRID_SEEDS]))
     metrics = {
         "step": snap.step, "concept": snap.name, "method": snap.method,
         "meaningful": scorer.meaningful, "evaluator": cfg.clip_model,
-        "summary": {k: sum(v[k] for v in per_concept.values()) / len(per_concept)
-                    for k in per_concept.get(snap.name, {})},  # S_0 has no concept yet
+        "summary": {k: mean(v[k] for v in per_concept.values())  # S_0 has no concept yet
+                    for k in per_concept.get(snap.name, {}).get(SAMPLES, {})},
         "per_concept": per_concept, "class_prompts": class_prompts,
         "inputs": eval_inputs_key(snapshot_dir, cfg, class_words),
     }

@@ -1,4 +1,8 @@
-"""Sample grids: rows = prompts (concepts, class prompts), columns = seeds, labelled."""
+"""Sample grids: rows = prompts (concepts, class prompts), columns = seeds, labelled.
+
+An evaluation's grid shows only the first evaluate.GRID_SEEDS (8) seeds of each row, so it
+stays readable with 16 evaluation seeds; its scores use all of them.
+"""
 from __future__ import annotations
 
 from PIL import Image, ImageDraw

@@ -96,6 +96,9 @@ def test_prefect_flow_runs_sequence_and_resumes(tmp_path, monkeypatch, prefect_a
     assert continual["clip_i"]["concepts"] == CONCEPTS[:2] and R[0][1] is None
     assert R[1] == [metrics["per_concept"][c]["clip_i"] for c in CONCEPTS[:2]]
     assert continual["clip_i"]["F"] == pytest.approx(R[0][0] - R[1][0])
+    assert len(metrics["per_concept"][CONCEPTS[0]]["samples"]["clip_i"]) == 2  # one per seed
+    lo, hi = continual["clip_i"]["F_ci"]
+    assert lo <= hi and len(continual["drift"]["clip_t"]["drift_ci"]) == 2
     base = yaml.safe_load((project / "eval" / "base" / "metrics.json").read_text())
     assert base["step"] == 0 and base["per_concept"] == {}
     drift = {w: base["class_prompts"][w]["clip_t"] - metrics["class_prompts"][w]["clip_t"]
@@ -109,6 +112,7 @@ def test_prefect_flow_runs_sequence_and_resumes(tmp_path, monkeypatch, prefect_a
     (parent,) = client.search_runs([client.get_experiment_by_name("lifelong-diffusion").experiment_id],
                                    "tags.`lifelong.kind` = 'sequence'")
     assert parent.data.metrics["clip_i.F"] == pytest.approx(continual["clip_i"]["F"])
+    assert parent.data.metrics["clip_i.F_lo"] == pytest.approx(lo)
     assert "continual/R_heatmap.png" in {f.path for f in client.list_artifacts(parent.info.run_id, "continual")}
 
 
@@ -125,8 +129,10 @@ def test_dvc_repro_runs_chain_and_adding_a_concept_reruns_only_its_stages(tmp_pa
                                  f"train@{b}", f"evaluate@{a}", f"evaluate@{b}", "continual",
                                  "register"}
     assert f"samples after the last step: {project / 'eval' / b / 'grid.png'}" in first
-    assert re.search(r"clip_i: A=[-\d.]+  LA=[-\d.]+  F=[-\d.]+  BWT=[-\d.]+", first)
-    assert re.search(r"relevant-concept drift \(class prompts, base - final\): clip_t=[-+\d.]+", first)
+    figure = r"[-\d.]+ \[[-\d.]+, [-\d.]+\]"  # with its bootstrap interval over the 2 seeds
+    assert re.search(rf"clip_i: A={figure}  LA={figure}  F={figure}  BWT={figure}", first)
+    assert re.search(r"relevant-concept drift \(class prompts, base - final\): "
+                     r"clip_t=[-+\d.]+ \[[-+\d.]+, [-+\d.]+\]", first)
     assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "repro"], project, env)
 
     dag = run([str(BIN / "dvc"), "dag", "--md"], project, env)

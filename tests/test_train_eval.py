@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lifelong_diffusion import evaluate
 from lifelong_diffusion.base_model import resolve_base_model
 from lifelong_diffusion.evaluate import EvalConfig, eval_inputs_key, evaluate_snapshot
 from lifelong_diffusion.grid import LABEL_WIDTH
@@ -231,12 +232,13 @@ def test_metrics(evaluated, run):
     assert metrics["evaluator"] == "ld-tiny-clip"
     assert set(metrics["per_concept"]) == {C1, C2}
     for name, scores in metrics["per_concept"].items():
-        assert set(scores) == {"clip_i", "clip_t"}
-        for value in scores.values():
-            assert isinstance(value, float) and -1.0 <= value <= 1.0, (name, scores)
+        assert set(scores) == {"clip_i", "clip_t", "samples"}
+        for key in ("clip_i", "clip_t"):
+            assert isinstance(scores[key], float) and -1.0 <= scores[key] <= 1.0, (name, scores)
     assert set(metrics["class_prompts"]) == {
         concept_by_name(C1).class_word, concept_by_name(C2).class_word} == {"star", "heart"}
     for scores in metrics["class_prompts"].values():
+        assert set(scores) == {"clip_t", "samples"}
         assert isinstance(scores["clip_t"], float) and -1.0 <= scores["clip_t"] <= 1.0
     for key in ("clip_i", "clip_t"):
         mean = sum(v[key] for v in metrics["per_concept"].values()) / 2
@@ -244,6 +246,28 @@ def test_metrics(evaluated, run):
     assert metrics["meaningful"] is False
     assert "not meaningful" in metrics["note"]
     assert metrics["inputs"] == eval_inputs_key(run["adapters"] / C2, EVAL)
+
+
+def test_metrics_keep_one_value_per_seed(evaluated):
+    """Each score's per-seed values, in seed order: their mean is the score itself."""
+    metrics = evaluated["first"]
+    for scores in [*metrics["per_concept"].values(), *metrics["class_prompts"].values()]:
+        assert set(scores["samples"]) == set(scores) - {"samples"}
+        for key, values in scores["samples"].items():
+            assert len(values) == len(EVAL.seeds)
+            assert all(isinstance(v, float) and -1.0 <= v <= 1.0 for v in values)
+            assert sum(values) / len(values) == pytest.approx(scores[key], abs=1e-9)
+    clip_i = [metrics["per_concept"][c]["samples"]["clip_i"] for c in (C1, C2)]
+    assert clip_i[0] != clip_i[1] and clip_i[0][0] != clip_i[0][1]  # per image, not one copied value
+
+
+def test_grid_shows_the_first_grid_seeds(run, tmp_path, monkeypatch):
+    """Fewer samples per grid row than seeds scored: the grid shows the first ones."""
+    monkeypatch.setattr(evaluate, "GRID_SEEDS", 1)
+    metrics = evaluate_snapshot(run["adapters"] / C1, run["processed"], tmp_path / "e", EVAL)
+    assert len(metrics["per_concept"][C1]["samples"]["clip_i"]) == 2
+    with Image.open(tmp_path / "e" / "grid.png") as grid:
+        assert grid.size == (LABEL_WIDTH + 3 * (96 + 4), 2 * (96 + 4))  # 2 references + 1 seed
 
 
 def test_grid(evaluated):

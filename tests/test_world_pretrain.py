@@ -82,6 +82,12 @@ def test_shipped_attribute_reader_scores_true_images_exactly(world_concepts):
     plain = [render(Scene("star", c, "gray", cx=0.4 + 0.05 * i)) for i, c in enumerate(("red", "blue", "green"))]
     assert reader.class_scores(plain, "star") == {"attr_acc": 1.0, "pattern_acc": 1.0}
     assert reader.class_scores(photos, "star") == {"attr_acc": 0.0, "pattern_acc": 0.0}
+    # per image, in order (the scores are their means): a dotted photo among the striped ones
+    dotted = read_processed_concept(world_concepts / "processed" / "dotted-heart").images[0]
+    assert reader.concept_samples([photos[0], dotted], truth) == {"attr_acc": [1.0, 0.0],
+                                                                 "pattern_acc": [1.0, 0.0]}
+    assert reader.class_samples([plain[0], photos[0]], "star") == {"attr_acc": [1.0, 0.0],
+                                                                   "pattern_acc": [1.0, 0.0]}
 
 
 def test_vae_textures_repaint_only_objects_in_two_base_colours():
