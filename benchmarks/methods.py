@@ -3,29 +3,39 @@
     python -m benchmarks.methods                      # all methods, default 5-concept sequence
     python -m benchmarks.methods --long --methods naive,ewc_dc,lfs   # the 10-concept sequence
     python -m benchmarks.methods --seed 3 --concepts ringed-circle,checked-square --report /tmp/r
+    python -m benchmarks.methods --orders 3          # each method on 3 concept orders
 
 Each method learns the same concepts in the same order from the same base (params.yaml's
 base, train and evaluate sections, with `train.method` replaced), is evaluated after every
 step, and gets the continual report (A, F, BWT, LA, drift). Concept photos are rendered from
-the world with `--seed` (the shipped data/concepts are seed 0). Prints a table, writes a
-markdown report with one R heatmap per method and a plot of forgetting against sequence
-length, and ends with one JSON line:
+the world with `--seed` (the shipped data/concepts are seed 0). With `--orders K` every method
+runs K sequences: order 0 is the given one with photo seed --seed, order k a permutation of
+the same concepts drawn with random.Random(k), photos rendered with seed --seed + k. Each
+figure is the mean over the orders, with an interval: min and max over the orders (K > 1), or
+with one order the 95% bootstrap interval over the evaluation seeds. Prints a table, writes a
+markdown report with one R heatmap per method (order 0), a plot of forgetting against
+sequence length, and whether each method's F and LA differ from naive's and independent's
+beyond the intervals, and ends with one JSON line:
 {"<method>": {"attr_acc_A": .., "attr_acc_F": .., ..., "s_per_step": .., "cost_vs_naive": ..,
-              "bytes_per_concept": .., "fisher_seconds": .., "F_by_length_clip_i": [..], ..}}
+              "bytes_per_concept": .., "fisher_seconds": .., "F_by_length_clip_i": [..], ..,
+              "attr_acc_F_ci": [lo, hi], "attr_acc_F_by_order": [..], "drift_clip_t_ci": [lo, hi], ..,
+              "differs_from": {"naive": {"F": ["clip_i", ..], "LA": [..]}, "independent": {..}}}}
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from statistics import mean
 
 import torch
 
-from lifelong_diffusion.cl_metrics import SCORES, forgetting_by_length
+from lifelong_diffusion.cl_metrics import RESAMPLES, SCORES, forgetting_by_length, format_figure
 from lifelong_diffusion.continual import HEATMAP, continual_report
 from lifelong_diffusion.evaluate import evaluate_snapshot
 from lifelong_diffusion.ingest import ingest_concept
@@ -40,6 +50,15 @@ REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("A", "F", "BWT", "LA")
 # Method-specific per-step figures of train_log.json, averaged over the steps that have them.
 LOGGED = ("fisher_seconds", "update_norm")
+REFERENCES = ("naive", "independent")  # every method's F and LA are compared with theirs
+
+
+def concept_orders(names: list[str], orders: int, seed: int) -> list[tuple[list[str], int]]:
+    """(concept order, photo seed) of each run: the given order with `seed`, then permutations
+    drawn from random.Random(k) with seed + k, so the orders differ in which concept comes
+    first and in the photos."""
+    return [(list(names), seed)] + [(random.Random(k).sample(names, len(names)), seed + k)
+                                    for k in range(1, orders)]
 
 
 def prepare_concepts(names: list[str], seed: int, work: Path, ingest: dict) -> tuple[Path, list[str]]:
@@ -83,11 +102,14 @@ def snapshot_bytes(folder: Path) -> int:
 
 
 def figures(summary: dict) -> dict:
+    """One run's figures; each continual figure `x` has its bootstrap interval as `x_ci`."""
     out = {}
     for score in SCORES:
         if score in summary:
-            out.update({f"{score}_{k}": summary[score][k] for k in FIGURES})
-    out.update({f"drift_{score}": d["drift"] for score, d in summary["drift"].items()})
+            for k in FIGURES:
+                out[f"{score}_{k}"], out[f"{score}_{k}_ci"] = summary[score][k], summary[score][f"{k}_ci"]
+    for score, d in summary["drift"].items():
+        out[f"drift_{score}"], out[f"drift_{score}_ci"] = d["drift"], d["drift_ci"]
     out["s_per_step"], out["bytes_per_concept"] = summary["s_per_step"], summary["bytes_per_concept"]
     if summary["fisher_seconds"]:
         out["fisher_seconds"] = sum(summary["fisher_seconds"]) / len(summary["fisher_seconds"])
@@ -99,24 +121,99 @@ def figures(summary: dict) -> dict:
     return out
 
 
-def markdown(results: dict, names: list[str], args, name: str) -> str:
+def across_orders(rows: list[dict]) -> dict:
+    """One method's figures over its runs (one per order): every figure's mean under its own
+    key, and for each continual figure its values by order (`_by_order`) and an interval
+    (`_ci`): min and max over the orders, or with one order its bootstrap interval."""
+    out = {key: mean_of([row[key] for row in rows]) for key in rows[0] if not key.endswith("_ci")}
+    for key in [k for k in rows[0] if f"{k}_ci" in rows[0]]:
+        values = [row[key] for row in rows]
+        out[f"{key}_by_order"] = values
+        out[f"{key}_ci"] = rows[0][f"{key}_ci"] if len(rows) == 1 else span(values)
+    return out
+
+
+def mean_of(values: list):
+    """Mean of numbers, element-wise for lists (per-step or per-length figures); None if any
+    run lacks the figure."""
+    if any(v is None for v in values):
+        return None
+    if isinstance(values[0], list):
+        return [mean_of(list(column)) for column in zip(*values)]
+    return mean(values)
+
+
+def span(values: list[float | None]) -> list[float] | None:
+    return None if any(v is None for v in values) else [min(values), max(values)]
+
+
+def apart(a: list[float] | None, b: list[float] | None) -> bool:
+    """Two intervals that do not overlap: a difference beyond the uncertainty."""
+    return a is not None and b is not None and (a[1] < b[0] or b[1] < a[0])
+
+
+def differences(results: dict) -> None:
+    """Adds `differs_from` to each method's row: per reference method (naive, independent) and
+    figure (F, LA), the scores whose intervals do not overlap the reference's."""
+    for method, row in results.items():
+        row["differs_from"] = {
+            ref: {k: [s for s in SCORES if f"{s}_{k}_ci" in row
+                      and apart(row[f"{s}_{k}_ci"], results[ref][f"{s}_{k}_ci"])] for k in ("F", "LA")}
+            for ref in REFERENCES if ref in results and ref != method}
+
+
+def interval_note(orders: list[tuple[list[str], int]], eval_seeds: int) -> str:
+    if len(orders) == 1:
+        return (f"Brackets: 95% bootstrap interval over the {eval_seeds} evaluation seeds "
+                f"({RESAMPLES} resamples of the seeds, the same for every step).")
+    listed = "; ".join(f"{k}: {', '.join(names)} (photo seed {seed})"
+                       for k, (names, seed) in enumerate(orders))
+    return (f"Each figure is the mean over {len(orders)} concept orders; brackets: min and max over "
+            f"the orders (a range, not a confidence interval). Orders: {listed}.")
+
+
+def markdown(results: dict, orders: list[tuple[list[str], int]], eval_seeds: int, args, name: str) -> str:
     keys = [k for k in TABLE_KEYS if any(k in row for row in results.values())]
     command = f"--methods {args.methods} --seed {args.seed}" + (" --long" if args.long else "")
-    lines = [f"# Methods on the world sequence ({', '.join(names)})", "",
+    command += f" --orders {args.orders}" if args.orders > 1 else ""
+    lines = [f"# Methods on the world sequence ({', '.join(orders[0][0])})", "",
              f"`python -m benchmarks.methods {command}`; "
              f"train.steps from params.yaml, {torch.get_num_threads()} torch threads.", "",
+             interval_note(orders, eval_seeds), "",
              "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for method, row in results.items():
-        lines.append(f"| {method} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
+        lines.append(f"| {method} | " + " | ".join(_cell(row, k) for k in keys) + " |")
     lines += ["", "F: forgetting (Chaudhry), LA: accuracy right after learning, drift: class-prompt "
               "score of the base minus the final model (positive = the class got worse).", ""]
+    lines += differences_table(results)
     lines += [f"![Forgetting ({score}) against sequence length]({name}/forgetting_{score}.png)\n"
               for score in SCORES if f"F_by_length_{score}" in next(iter(results.values()))]
     norms = {m: row["update_norms"] for m, row in results.items() if "update_norms" in row}
     lines += [f"Update norm per step, {m}: " + ", ".join(f"{v:.3g}" for v in values) + "\n"
               for m, values in norms.items()]
-    lines += [f"## {m}\n\n![R heatmap of {m}]({name}/{m}_R.png)\n" for m in results]
+    lines += [f"## {m}\n\n![R heatmap of {m} (order 0)]({name}/{m}_R.png)\n" for m in results]
     return "\n".join(lines)
+
+
+def differences_table(results: dict) -> list[str]:
+    """Per method: the scores whose F (LA) interval lies apart from naive's (independent's)."""
+    refs = [(ref, k) for ref in REFERENCES if ref in results for k in ("F", "LA")]
+    if not refs:
+        return []
+    lines = ["## F and LA against " + " and ".join(dict.fromkeys(r for r, _ in refs)), "",
+             "Scores whose interval does not overlap the reference's (\"differs\"); "
+             "\"within intervals\" where every score's intervals overlap.", "",
+             "| method | " + " | ".join(f"{k} vs {ref}" for ref, k in refs) + " |",
+             "|---" * (len(refs) + 1) + "|"]
+    for method, row in results.items():
+        cells = [_differs(row["differs_from"][ref][k]) if ref in row["differs_from"] else "-"
+                 for ref, k in refs]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _differs(scores: list[str]) -> str:
+    return "differs: " + ", ".join(scores) if scores else "within intervals"
 
 
 def table_keys() -> tuple[str, ...]:
@@ -129,6 +226,13 @@ def table_keys() -> tuple[str, ...]:
 TABLE_KEYS = table_keys()
 
 
+def _cell(row: dict, key: str) -> str:
+    """A continual figure as `0.310 [0.250, 0.370]`, anything else as a plain number."""
+    if f"{key}_ci" in row:
+        return format_figure(row[key], row[f"{key}_ci"])
+    return _fmt(row.get(key))
+
+
 def _fmt(value) -> str:
     if value is None:
         return "n/a"
@@ -138,10 +242,13 @@ def _fmt(value) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="world seed of the concept photos")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="world seed of the concept photos (order k: seed + k)")
     parser.add_argument("--concepts", default=",".join(DEFAULT_SEQUENCE), help="sequence, comma-separated")
     parser.add_argument("--long", action="store_true",
                         help=f"the {len(LONG_SEQUENCE)}-concept sequence instead of --concepts")
+    parser.add_argument("--orders", type=int, default=1,
+                        help="concept orders per method: the given one, then seeded permutations")
     parser.add_argument("--project", type=Path, default=REPO, help="params.yaml to take settings from")
     parser.add_argument("--report", type=Path, default=REPO / "reports", help="where the report goes")
     args = parser.parse_args(argv)
@@ -150,17 +257,22 @@ def main(argv: list[str] | None = None) -> dict:
     names = list(LONG_SEQUENCE) if args.long else args.concepts.split(",")
     name = "methods_long" if args.long else "methods"  # report file and figure folder
     figures_dir = args.report / name
-    results = {}
+    orders, methods = concept_orders(names, args.orders, args.seed), args.methods.split(",")
+    runs = {method: [] for method in methods}  # figures per order
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        processed, class_words = prepare_concepts(names, args.seed, work, project.section("ingest"))
         figures_dir.mkdir(parents=True, exist_ok=True)
-        for method in args.methods.split(","):
-            start = time.perf_counter()
-            summary = run_method(method, project, names, processed, class_words, work)
-            results[method] = figures(summary)
-            shutil.copy(work / method / "report" / HEATMAP, figures_dir / f"{method}_R.png")
-            print(f"{method}: {time.perf_counter() - start:.0f} s", flush=True)
+        for k, (order, seed) in enumerate(orders):
+            work = Path(tmp) / f"order-{k}"
+            processed, class_words = prepare_concepts(order, seed, work, project.section("ingest"))
+            for method in methods:
+                start = time.perf_counter()
+                summary = run_method(method, project, order, processed, class_words, work)
+                runs[method].append(figures(summary))
+                if k == 0:
+                    shutil.copy(work / method / "report" / HEATMAP, figures_dir / f"{method}_R.png")
+                print(f"{method}, order {k}: {time.perf_counter() - start:.0f} s", flush=True)
+    results = {method: across_orders(rows) for method, rows in runs.items()}
+    differences(results)
     naive = results.get("naive", {}).get("s_per_step")
     for row in results.values():
         row["cost_vs_naive"] = row["s_per_step"] / naive if naive else None
@@ -168,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
         if f"F_by_length_{score}" in next(iter(results.values())):
             forgetting_curves({m: row[f"F_by_length_{score}"] for m, row in results.items()},
                               score, figures_dir / f"forgetting_{score}.png")
-    report = markdown(results, names, args, name)
+    report = markdown(results, orders, len(project.eval_config().seeds), args, name)
     (args.report / f"{name}.md").write_text(report + "\n")
     print(report)
     print(json.dumps(results))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from benchmarks import methods as bench
+from lifelong_diffusion.cl_metrics import format_figure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,26 +18,68 @@ def tiny_project(root: Path) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["base"].update(model="tiny-random")
     params["evaluate"].update(clip_model="ld-tiny-clip", clip_weights=None, attribute_classifier=None,
-                              seeds=[0], steps=2)
+                              seeds=[0, 1], steps=2)
     params["train"].update(steps=3)
     root.mkdir()
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
 
 
-def test_benchmark_reports_every_figure(tmp_path, capsys):
+def test_benchmark_reports_every_figure_over_two_orders(tmp_path, capsys):
     project, report = tiny_project(tmp_path / "project"), tmp_path / "reports"
     results = bench.main(["--methods", "naive,merge", "--concepts", "striped-star,dotted-heart",
-                          "--project", str(project), "--report", str(report)])
+                          "--orders", "2", "--project", str(project), "--report", str(report)])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == results  # last line: JSON
     naive, merge = results["naive"], results["merge"]
     assert naive["cost_vs_naive"] == 1.0 and merge["cost_vs_naive"] > 0
     for row in (naive, merge):
         assert row["bytes_per_concept"] > 0
         assert len(row["F_by_length_clip_i"]) == 1  # one prefix length (2 concepts)
-        assert row["F_by_length_clip_i"][-1] == row["clip_i_F"]  # the full sequence's F
+        assert row["F_by_length_clip_i"][-1] == pytest.approx(row["clip_i_F"])  # the full sequence's F
+        for key in ("clip_i_A", "clip_i_F", "clip_i_LA", "clip_t_BWT", "drift_clip_t"):
+            by_order = row[f"{key}_by_order"]
+            assert len(by_order) == 2 and by_order[0] != by_order[1]  # other photos, other figures
+            assert row[key] == pytest.approx(sum(by_order) / 2)  # the existing key: the mean
+            assert row[f"{key}_ci"] == [min(by_order), max(by_order)]
+        assert "attr_acc_F" not in row  # no attribute classifier on the tiny preset
     assert len(merge["update_norms"]) == 2 and "update_norms" not in naive  # only folding logs norms
+    assert set(merge["differs_from"]) == {"naive"} and naive["differs_from"] == {}
+    assert set(merge["differs_from"]["naive"]) == {"F", "LA"}
+    assert set(merge["differs_from"]["naive"]["F"]) <= {"clip_i", "clip_t"}
     text = (report / "methods.md").read_text()
-    assert "| merge |" in text and "bytes_per_concept" in text
+    assert "| merge |" in text and "bytes_per_concept" in text and "--orders 2" in text
+    assert "min and max over the orders" in text and "photo seed 1" in text
+    assert f"| {format_figure(merge['clip_i_F'], merge['clip_i_F_ci'])} |" in text
+    assert "| F vs naive | LA vs naive |" in text
     for figure in ("naive_R.png", "merge_R.png", "forgetting_clip_i.png"):
         assert (report / "methods" / figure).stat().st_size > 1000
+
+
+def test_orders_are_the_given_one_then_seeded_permutations():
+    names = ["a", "b", "c", "d", "e"]
+    orders = bench.concept_orders(names, 3, seed=5)
+    assert orders[0] == (names, 5) and [seed for _, seed in orders] == [5, 6, 7]
+    assert all(sorted(order) == names for order, _ in orders) and orders[1][0] != names
+    assert bench.concept_orders(names, 3, seed=5) == orders  # reproducible
+
+
+def test_one_order_keeps_the_bootstrap_interval():
+    row = {"clip_i_F": 0.2, "clip_i_F_ci": [0.1, 0.3], "s_per_step": 1.5, "F_by_length_clip_i": [0.2]}
+    assert bench.across_orders([row]) == {"clip_i_F": 0.2, "clip_i_F_by_order": [0.2],
+                                          "clip_i_F_ci": [0.1, 0.3], "s_per_step": 1.5,
+                                          "F_by_length_clip_i": [0.2]}
+    two = bench.across_orders([row, {**row, "clip_i_F": 0.4, "F_by_length_clip_i": [0.4]}])
+    assert two["clip_i_F"] == pytest.approx(0.3) and two["clip_i_F_ci"] == [0.2, 0.4]
+    assert two["F_by_length_clip_i"] == [pytest.approx(0.3)]
+
+
+def test_methods_differ_only_where_intervals_do_not_overlap():
+    def row(f, la):
+        return {"clip_i_F_ci": f, "clip_i_LA_ci": la, "clip_t_F_ci": [0.0, 1.0], "clip_t_LA_ci": None}
+
+    results = {"naive": row([0.3, 0.5], [0.5, 0.6]), "independent": row([0.0, 0.1], [0.55, 0.7]),
+               "lfs": row([0.05, 0.2], [0.61, 0.8])}
+    bench.differences(results)
+    assert results["lfs"]["differs_from"] == {"naive": {"F": ["clip_i"], "LA": ["clip_i"]},
+                                              "independent": {"F": [], "LA": []}}
+    assert results["naive"]["differs_from"] == {"independent": {"F": ["clip_i"], "LA": []}}
