@@ -170,6 +170,26 @@ def test_concept_images_are_deterministic_and_varied():
     assert len({tuple(pixels(im)[0, 0]) for im in a}) == len(BACKGROUNDS)
 
 
+def test_concept_photos_are_framed_like_the_base_training_data():
+    """Concept photos use the base's own placement spread, so their objects sit no further off
+    centre than the objects the base learnt to draw (full spread lost the concept's outline)."""
+    from lifelong_diffusion.world.concepts import concept_scenes
+    from lifelong_diffusion.world.pretrain import PretrainConfig
+
+    spread = PretrainConfig().position_spread
+    rng = np.random.default_rng(0)
+    base_reach = max(max(abs(s.cx - 0.5), abs(s.cy - 0.5)) for s in
+                     (sample_scene(rng, spread=spread) for _ in range(500)))
+    for spec in CONCEPTS:
+        for seed in (0, 1):
+            scenes = concept_scenes(spec, 5, seed)
+            assert all(max(abs(s.cx - 0.5), abs(s.cy - 0.5)) <= base_reach + 1e-6 for s in scenes)
+            assert {(s.shape, s.color, s.pattern, s.pattern_color) for s in scenes} == {
+                (spec.shape, spec.color, spec.pattern, spec.pattern_color)}
+    wide = concept_scenes(CONCEPTS[0], 5, 0, spread=1.0)
+    assert max(abs(s.cx - 0.5) for s in wide) > base_reach  # the spread argument is honoured
+
+
 def test_write_concept_folder_writes_images_and_yaml(tmp_path):
     spec = concept_by_name("dotted-heart")
     folder = write_concept_folder(spec, tmp_path, n_images=5, seed=0)

@@ -22,6 +22,10 @@ from .render import COLORS, PATTERNS, SHAPES, render, sample_scene
 
 SIZE = 32
 PATTERN_LABELS: tuple[str | None, ...] = (None, *PATTERNS)
+# The second colour of a patterned object (None: plain). With both colours read, a concept's
+# colour scheme is judged as a pair, so a 50/50 pattern (stripes, checks) whose base and
+# pattern colour are hard to tell apart still counts when both colours are right.
+PATTERN_COLOR_LABELS: tuple[str | None, ...] = (None, *COLORS)
 PATTERN_FRACTION = 0.5  # half the renders carry a pattern, so "none" is not the easy default
 
 
@@ -47,6 +51,7 @@ class AttributeNet(nn.Module):
             "shape": nn.Linear(4 * width, len(SHAPES)),
             "color": nn.Linear(4 * width, len(COLORS)),
             "pattern": nn.Linear(4 * width, len(PATTERN_LABELS)),
+            "pattern_color": nn.Linear(4 * width, len(PATTERN_COLOR_LABELS)),
         })
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -57,7 +62,7 @@ class AttributeNet(nn.Module):
 
 def render_labelled(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`n` fresh renders with their labels; every colour x shape pair, half of them patterned."""
-    images, labels = [], {"shape": [], "color": [], "pattern": []}
+    images, labels = [], {"shape": [], "color": [], "pattern": [], "pattern_color": []}
     colors = list(COLORS)
     for _ in range(n):
         pattern = PATTERNS[rng.integers(len(PATTERNS))] if rng.random() < PATTERN_FRACTION else None
@@ -66,6 +71,7 @@ def render_labelled(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, dic
         labels["shape"].append(SHAPES.index(scene.shape))
         labels["color"].append(colors.index(scene.color))
         labels["pattern"].append(PATTERN_LABELS.index(scene.pattern))
+        labels["pattern_color"].append(PATTERN_COLOR_LABELS.index(scene.pattern_color))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
     return x, {k: torch.tensor(v) for k, v in labels.items()}
 
@@ -124,7 +130,8 @@ def to_tensor(images) -> torch.Tensor:
 def predict(model: AttributeNet, images) -> list[dict]:
     """One dict per image: shape, color, pattern (None when plain) and each answer's probability."""
     logits = model.eval()(to_tensor(images))
-    names = {"shape": SHAPES, "color": tuple(COLORS), "pattern": PATTERN_LABELS}
+    names = {"shape": SHAPES, "color": tuple(COLORS), "pattern": PATTERN_LABELS,
+             "pattern_color": PATTERN_COLOR_LABELS}
     probs = {k: v.softmax(-1) for k, v in logits.items()}
     out = []
     for i in range(len(probs["shape"])):

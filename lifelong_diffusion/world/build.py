@@ -26,7 +26,7 @@ class WorldBuildConfig:
     base: PretrainConfig = field(default_factory=PretrainConfig)
     clip_steps: int = 1500
     clip_pool: int = 20000  # fresh renders the CLIP draws its batches from
-    attribute_steps: int = 2500
+    attribute_steps: int = 4000  # five heads (pattern colour too)
     attribute_pool: int = 16000
 
     @classmethod

@@ -22,6 +22,13 @@ from .render import BACKGROUNDS, Scene, object_phrase, render, sample_scene
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 TOKEN_RE = re.compile(r"^<[a-z0-9_-]+>$")
+# How far a concept photo's object wanders from the centre (render.sample_scene's spread):
+# the base's own training spread (PretrainConfig.position_spread), as a user's photos frame
+# their object the way the photos a real base was trained on do. With the full spread the
+# photos' objects sat 3x further off centre than anything the base had drawn, and one LoRA
+# step learnt the striped star's pattern but never its outline (shape read 0/16, centred
+# 9/16; reports/world_pretraining.md, session 6).
+PHOTO_SPREAD = 0.3
 
 
 @dataclass(frozen=True)
@@ -88,9 +95,10 @@ def concept_by_name(name: str) -> ConceptSpec:
         raise KeyError(f"unknown concept {name!r}; valid: {', '.join(_BY_NAME)}") from None
 
 
-def render_concept_images(spec: ConceptSpec, n_images: int = 5, seed: int = 0,
-                          size: int = 64) -> list[Image.Image]:
-    """The user's few photos: one instance with varied placement, size and background.
+def concept_scenes(spec: ConceptSpec, n_images: int = 5, seed: int = 0,
+                   spread: float = PHOTO_SPREAD) -> list[Scene]:
+    """The scenes of the user's few photos: one instance with varied placement, size and
+    background.
 
     The concept name is mixed into the seed so different concepts get different
     placements; backgrounds are cycled so the model cannot tie the concept to one.
@@ -99,12 +107,18 @@ def render_concept_images(spec: ConceptSpec, n_images: int = 5, seed: int = 0,
         raise ValueError("n_images must be at least 1")
     rng = np.random.default_rng([seed, zlib.crc32(spec.name.encode())])
     backgrounds = [str(b) for b in rng.permutation(list(BACKGROUNDS))]
-    scenes = [
+    return [
         sample_scene(rng, shape=spec.shape, color=spec.color, pattern=spec.pattern,
-                     pattern_color=spec.pattern_color, background=backgrounds[i % len(backgrounds)])
+                     pattern_color=spec.pattern_color, background=backgrounds[i % len(backgrounds)],
+                     spread=spread)
         for i in range(n_images)
     ]
-    return [render(scene, size) for scene in scenes]
+
+
+def render_concept_images(spec: ConceptSpec, n_images: int = 5, seed: int = 0,
+                          size: int = 64, spread: float = PHOTO_SPREAD) -> list[Image.Image]:
+    """The user's few photos of `spec` (concept_scenes), rendered at `size` pixels."""
+    return [render(scene, size) for scene in concept_scenes(spec, n_images, seed, spread)]
 
 
 def _concept_yaml(spec: ConceptSpec) -> dict:
@@ -122,7 +136,7 @@ def _concept_yaml(spec: ConceptSpec) -> dict:
 
 
 def write_concept_folder(spec: ConceptSpec, root: Path, n_images: int = 5, seed: int = 0,
-                         size: int = 64) -> Path:
+                         size: int = 64, spread: float = PHOTO_SPREAD) -> Path:
     """Write root/<name>/00.png ... and concept.yaml, replacing any earlier folder.
 
     Files go to a temporary sibling first and are renamed into place, so readers
@@ -133,7 +147,7 @@ def write_concept_folder(spec: ConceptSpec, root: Path, n_images: int = 5, seed:
     target = root / spec.name
     staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=root))
     try:
-        for i, image in enumerate(render_concept_images(spec, n_images, seed, size)):
+        for i, image in enumerate(render_concept_images(spec, n_images, seed, size, spread)):
             image.save(staging / f"{i:02d}.png")
         with open(staging / "concept.yaml", "w") as f:
             yaml.safe_dump(_concept_yaml(spec), f, sort_keys=False)

@@ -73,14 +73,15 @@ class PretrainConfig:
     prediction_type: str = "v_prediction"
     zero_terminal_snr: bool = True
     min_snr_gamma: float | None = 5.0
-    steps: int = 2000
+    steps: int = 3500
     max_minutes: float | None = None  # cap on the whole pretraining; the UNet stage gets what is left
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 100
     ema_decay: float = 0.995
     cond_dropout: float = 0.1  # empty caption this often, so classifier-free guidance works
-    partial_caption_prob: float = 0.2  # "a star", "a photo of a red star": prompts the evaluator uses
+    # "a star", "a photo of a red star": the kind of prompt identifiers and class prompts use
+    partial_caption_prob: float = 0.3
     log_every: int = 100
     save_every: int | None = None  # also write the EMA pipeline every N UNet steps (inspect a long run early)
 
