@@ -170,6 +170,15 @@ def test_concept_images_are_deterministic_and_varied():
     assert len({tuple(pixels(im)[0, 0]) for im in a}) == len(BACKGROUNDS)
 
 
+def test_every_pattern_has_a_period_the_latents_can_hold():
+    from lifelong_diffusion.world.render import PATTERN_PERIODS
+
+    assert set(PATTERN_PERIODS) == set(PATTERNS)
+    # at least 3.5 cells of the 16x16 latents per period, and checks (two-way) coarser still
+    assert all(p * 16 >= 3.5 for p in PATTERN_PERIODS.values())
+    assert PATTERN_PERIODS["checks"] > PATTERN_PERIODS["stripes"]
+
+
 def test_concept_photos_are_framed_like_the_base_training_data():
     """Concept photos use the base's own placement spread, so their objects sit no further off
     centre than the objects the base learnt to draw (full spread lost the concept's outline)."""

@@ -44,22 +44,31 @@ class WorldBuildConfig:
 
 def build_world_models(cfg: WorldBuildConfig, out_dir: Path, log=print) -> dict:
     """Pretrain the base, then train the CLIP and the attribute classifier; returns pretrain.json."""
-    seed = cfg.base.seed
     with atomic_dir(Path(out_dir)) as tmp:
-        report = {"base": pretrain_world_model(cfg.base, tmp / "base", log)}
-        start = time.perf_counter()
-        clip = evaluator.train_world_clip(seed, cfg.clip_steps, pool_size=cfg.clip_pool, log=log)
-        evaluator.save_world_clip(clip, tmp / "clip.safetensors")
-        report["clip"] = {"seconds": time.perf_counter() - start,
-                          "zero_shot": evaluator.zero_shot_accuracy(clip)}
-        start = time.perf_counter()
-        classifier = attributes.train_attribute_classifier(seed, cfg.attribute_steps,
-                                                           pool_size=cfg.attribute_pool)
-        attributes.save(classifier, tmp / "attributes.safetensors")
-        report["attributes"] = {"seconds": time.perf_counter() - start,
-                                "accuracy": attributes.accuracy(classifier)}
+        report = {"base": pretrain_world_model(cfg.base, tmp / "base", log),
+                  **train_evaluators(cfg, tmp, log)}
         report["config"] = asdict(cfg)
         report["pretrain_seconds"] = (report["base"]["pretrain_seconds"] + report["clip"]["seconds"]
                                       + report["attributes"]["seconds"])
         (tmp / "pretrain.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def train_evaluators(cfg: WorldBuildConfig, out_dir: Path, log=print) -> dict:
+    """The world CLIP and the attribute classifier into out_dir; their part of pretrain.json.
+
+    They are the only models that see personal patterns, so a change to how patterns are drawn
+    needs these two retrained, never the base."""
+    seed = cfg.base.seed
+    start = time.perf_counter()
+    clip = evaluator.train_world_clip(seed, cfg.clip_steps, pool_size=cfg.clip_pool, log=log)
+    evaluator.save_world_clip(clip, out_dir / "clip.safetensors")
+    report = {"clip": {"seconds": time.perf_counter() - start,
+                       "zero_shot": evaluator.zero_shot_accuracy(clip)}}
+    start = time.perf_counter()
+    classifier = attributes.train_attribute_classifier(seed, cfg.attribute_steps,
+                                                       pool_size=cfg.attribute_pool)
+    attributes.save(classifier, out_dir / "attributes.safetensors")
+    report["attributes"] = {"seconds": time.perf_counter() - start,
+                            "accuracy": attributes.accuracy(classifier)}
     return report

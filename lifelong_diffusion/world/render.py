@@ -19,8 +19,13 @@ from PIL import Image, ImageDraw
 # the ringing a Lanczos filter adds to flat colours.
 SUPERSAMPLE = 4
 # Pattern period as a fraction of the image side: about 7 px at 32 px, the
-# smallest period that survives the training resolution.
-PATTERN_PERIOD = 7 / 32
+# smallest period that survives the training resolution (3.5 cells of the 16x16 latents).
+# Checks alternate in two directions, so at that period a cell is 1.75 latent cells and a
+# LoRA drew red/yellow checks as their average, orange (checked-diamond: pattern 0/16 after
+# 150 and 0.13 after 600 steps); at 10 px they are learnt like the others
+# (reports/world_pretraining.md, session 6). Dots and rings keep 7 px: wider, a small
+# object holds only their centre disc and the two become one pattern.
+PATTERN_PERIODS = {"stripes": 7 / 32, "dots": 7 / 32, "checks": 10 / 32, "rings": 7 / 32}
 SIZE_RANGE = (0.45, 0.8)
 MAX_ROTATION = 15.0  # degrees; small, so shapes keep their canonical look
 
@@ -164,7 +169,7 @@ def _fill(scene: Scene, side: int) -> Image.Image:
     y = pixel[:, None] - scene.cy * side
     c, s = math.cos(math.radians(scene.rotation)), math.sin(math.radians(scene.rotation))
     u, v = c * x + s * y, -s * x + c * y
-    on = _pattern_mask(scene.pattern, u, v, PATTERN_PERIOD * side)
+    on = _pattern_mask(scene.pattern, u, v, PATTERN_PERIODS[scene.pattern] * side)
     paint = np.where(on[..., None], COLORS[scene.pattern_color], COLORS[scene.color])
     return Image.fromarray(paint.astype(np.uint8), "RGB")
 
