@@ -42,7 +42,7 @@ from lifelong_diffusion.world.render import BACKGROUNDS, COLORS, HELDOUT_COMBOS,
 
 REPO = Path(__file__).resolve().parents[1]
 # Figures of the LoRA check that --all-concepts reports per concept, with their mean and minimum.
-PER_CONCEPT = ("concept_attr_acc_after_lora", "concept_pattern_acc_after_lora",
+PER_CONCEPT = ("concept_attr_acc_after_lora", "concept_pattern_acc_after_lora", "concept_shape_acc_after_lora",
                "concept_color_acc_after_lora", "class_attr_acc_after_lora")
 
 
