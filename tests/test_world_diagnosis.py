@@ -1,0 +1,15 @@
+"""benchmarks.world_diagnosis on the shipped world: the cheap measurements, no LoRA."""
+from benchmarks.world_diagnosis import main
+
+
+def test_diagnosis_measures_the_shipped_world():
+    result = main(["--seeds", "1"])
+    placement = result["placement"]
+    # the concept photos are framed like the base's data (concepts.PHOTO_SPREAD)
+    assert placement["concept_photos"]["offset_max"] <= placement["base"]["offset_max"] + 0.02
+    assert result["vae"]["photos"]["shape"] >= 0.95 and result["vae"]["photos"]["pattern"] >= 0.95
+    assert result["vae"]["reconstructions"]["pattern"] >= 0.8
+    assert set(result["base_prompts"]) == {"class_prompt", "bare_shape", "full_caption"}
+    assert all(0 <= v <= 1 for v in result["base_prompts"].values())
+    assert 0 < result["text"]["class_prompts_cosine"] < 1
+    assert "lora" not in result
