@@ -36,6 +36,7 @@ from lifelong_diffusion.snapshot import empty_snapshot, load_snapshot, save_snap
 from lifelong_diffusion.train import TrainConfig, read_processed_concept, train_concept
 from lifelong_diffusion.world import CONCEPTS, attributes, concept_by_name, write_concept_folder
 from lifelong_diffusion.world.build import WorldBuildConfig, build_world_models
+from lifelong_diffusion.world.concepts import PHOTO_SPREAD
 from lifelong_diffusion.world.evaluator import WORLD_CLIP, zero_shot_accuracy
 from lifelong_diffusion.world.pretrain import seen_prompts
 from lifelong_diffusion.world.render import BACKGROUNDS, COLORS, HELDOUT_COMBOS, SHAPES, Scene, caption
@@ -115,7 +116,7 @@ def train_params(overrides: dict | None = None) -> dict:
 
 def concept_after_lora(world_dir: Path, concept: str, work: Path, overrides: dict | None = None,
                        photo_seed: int = 0, n_seeds: int = 16, grid: str | None = None,
-                       photo_spread: float | None = None) -> dict:
+                       photo_spread: float = PHOTO_SPREAD) -> dict:
     """Learn one world concept from the base with the project's own training code, then read
     16 samples of its identifier prompt and of its class prompt with the attribute classifier.
 
@@ -123,8 +124,7 @@ def concept_after_lora(world_dir: Path, concept: str, work: Path, overrides: dic
     pattern (attr), its pattern, its two colours; class_attr: the class prompt still draws
     the plain class (right shape, no pattern) after the LoRA."""
     spec = concept_by_name(concept)
-    spread = {} if photo_spread is None else {"spread": photo_spread}
-    concept_dir = write_concept_folder(spec, work / "concepts", seed=photo_seed, **spread)
+    concept_dir = write_concept_folder(spec, work / "concepts", seed=photo_seed, spread=photo_spread)
     ingest_concept(concept_dir, work / "processed" / concept, resolution=32, min_size=32)
     save_snapshot(empty_snapshot(str(world_dir / "base")), work / "adapters" / "base")
     cfg = TrainConfig(**train_params(overrides))

@@ -29,7 +29,7 @@ from benchmarks.world import concept_after_lora
 from lifelong_diffusion.presets import WORLD_DIR
 from lifelong_diffusion.train import encode_latents, tokenize
 from lifelong_diffusion.world import CONCEPTS, COLORS, SHAPES, attributes, render_concept_images
-from lifelong_diffusion.world.concepts import concept_scenes
+from lifelong_diffusion.world.concepts import PHOTO_SPREAD, concept_scenes
 from lifelong_diffusion.world.pretrain import PretrainConfig
 from lifelong_diffusion.world.render import BACKGROUNDS, Scene, caption, sample_scene
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in filter(None, args.lora.split(",")):
         for variant, overrides in variants.items():
             train = dict(overrides)
-            spread = train.pop("photo_spread", None)  # not a train key: where the photos' objects sit
+            spread = train.pop("photo_spread", PHOTO_SPREAD)  # not a train key: where the photos' objects sit
             with tempfile.TemporaryDirectory() as tmp:
                 r = concept_after_lora(world, name, Path(tmp), train, args.photo_seed, photo_spread=spread)
             result.setdefault("lora", {}).setdefault(name, {})[variant] = r

@@ -125,12 +125,6 @@ class AttributeReader:
         preds = self._attributes.predict(self.model, images)
         return self._samples(preds, [p["pattern"] is None for p in preds], shape)
 
-    def concept_scores(self, images, truth: dict) -> dict[str, float]:
-        return means(self.concept_samples(images, truth))
-
-    def class_scores(self, images, shape: str) -> dict[str, float]:
-        return means(self.class_samples(images, shape))
-
     @staticmethod
     def _samples(preds: list[dict], pattern_ok: list[bool], shape: str) -> dict[str, list[float]]:
         both = [ok and p["shape"] == shape for ok, p in zip(pattern_ok, preds)]

@@ -69,7 +69,7 @@ def test_attribute_classifier_learns_quickly_and_round_trips(tmp_path):
 def test_shipped_attribute_reader_scores_true_images_exactly(world_concepts):
     """The shipped classifier, as evaluation uses it: a concept's own photos show its shape and
     pattern; plain renders of the class count for the class prompt, patterned ones do not."""
-    from lifelong_diffusion.evaluate import AttributeReader, world_truth
+    from lifelong_diffusion.evaluate import AttributeReader, means, world_truth
     from lifelong_diffusion.presets import WORLD_DIR
     from lifelong_diffusion.train import read_processed_concept
 
@@ -78,11 +78,11 @@ def test_shipped_attribute_reader_scores_true_images_exactly(world_concepts):
     truth = world_truth(folder)
     assert truth == {"shape": "star", "color": "yellow", "pattern": "stripes", "pattern_color": "blue"}
     photos = read_processed_concept(folder).images
-    assert reader.concept_scores(photos, truth) == {"attr_acc": 1.0, "pattern_acc": 1.0}
-    assert reader.concept_scores(photos, {**truth, "pattern": "dots"})["pattern_acc"] == 0.0
+    assert means(reader.concept_samples(photos, truth)) == {"attr_acc": 1.0, "pattern_acc": 1.0}
+    assert means(reader.concept_samples(photos, {**truth, "pattern": "dots"}))["pattern_acc"] == 0.0
     plain = [render(Scene("star", c, "gray", cx=0.4 + 0.05 * i)) for i, c in enumerate(("red", "blue", "green"))]
-    assert reader.class_scores(plain, "star") == {"attr_acc": 1.0, "pattern_acc": 1.0}
-    assert reader.class_scores(photos, "star") == {"attr_acc": 0.0, "pattern_acc": 0.0}
+    assert means(reader.class_samples(plain, "star")) == {"attr_acc": 1.0, "pattern_acc": 1.0}
+    assert means(reader.class_samples(photos, "star")) == {"attr_acc": 0.0, "pattern_acc": 0.0}
     # per image, in order (the scores are their means): a dotted photo among the striped ones
     dotted = read_processed_concept(world_concepts / "processed" / "dotted-heart").images[0]
     assert reader.concept_samples([photos[0], dotted], truth) == {"attr_acc": [1.0, 0.0],

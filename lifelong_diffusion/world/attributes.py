@@ -26,6 +26,9 @@ PATTERN_LABELS: tuple[str | None, ...] = (None, *PATTERNS)
 # colour scheme is judged as a pair, so a 50/50 pattern (stripes, checks) whose base and
 # pattern colour are hard to tell apart still counts when both colours are right.
 PATTERN_COLOR_LABELS: tuple[str | None, ...] = (None, *COLORS)
+# What each head names, in logit order: the one table the heads, the labels and predict read.
+LABELS: dict[str, tuple] = {"shape": SHAPES, "color": tuple(COLORS), "pattern": PATTERN_LABELS,
+                            "pattern_color": PATTERN_COLOR_LABELS}
 PATTERN_FRACTION = 0.5  # half the renders carry a pattern, so "none" is not the easy default
 
 
@@ -47,12 +50,7 @@ class AttributeNet(nn.Module):
             stage(width, 2 * width), nn.MaxPool2d(2),
             stage(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        self.heads = nn.ModuleDict({
-            "shape": nn.Linear(4 * width, len(SHAPES)),
-            "color": nn.Linear(4 * width, len(COLORS)),
-            "pattern": nn.Linear(4 * width, len(PATTERN_LABELS)),
-            "pattern_color": nn.Linear(4 * width, len(PATTERN_COLOR_LABELS)),
-        })
+        self.heads = nn.ModuleDict({name: nn.Linear(4 * width, len(names)) for name, names in LABELS.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """`x`: (N, 3, 32, 32) in [0, 1]; returns logits per attribute."""
@@ -62,16 +60,13 @@ class AttributeNet(nn.Module):
 
 def render_labelled(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`n` fresh renders with their labels; every colour x shape pair, half of them patterned."""
-    images, labels = [], {"shape": [], "color": [], "pattern": [], "pattern_color": []}
-    colors = list(COLORS)
+    images, labels = [], {name: [] for name in LABELS}
     for _ in range(n):
         pattern = PATTERNS[rng.integers(len(PATTERNS))] if rng.random() < PATTERN_FRACTION else None
         scene = sample_scene(rng, pattern=pattern, include_heldout=True)
         images.append(np.asarray(render(scene, SIZE)))
-        labels["shape"].append(SHAPES.index(scene.shape))
-        labels["color"].append(colors.index(scene.color))
-        labels["pattern"].append(PATTERN_LABELS.index(scene.pattern))
-        labels["pattern_color"].append(PATTERN_COLOR_LABELS.index(scene.pattern_color))
+        for name, names in LABELS.items():
+            labels[name].append(names.index(getattr(scene, name)))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
     return x, {k: torch.tensor(v) for k, v in labels.items()}
 
@@ -130,15 +125,13 @@ def to_tensor(images) -> torch.Tensor:
 def predict(model: AttributeNet, images) -> list[dict]:
     """One dict per image: shape, color, pattern (None when plain) and each answer's probability."""
     logits = model.eval()(to_tensor(images))
-    names = {"shape": SHAPES, "color": tuple(COLORS), "pattern": PATTERN_LABELS,
-             "pattern_color": PATTERN_COLOR_LABELS}
     probs = {k: v.softmax(-1) for k, v in logits.items()}
     out = []
     for i in range(len(probs["shape"])):
         row = {}
         for k, p in probs.items():
             j = int(p[i].argmax())
-            row[k] = names[k][j]
+            row[k] = LABELS[k][j]
             row[f"{k}_prob"] = float(p[i, j])
         out.append(row)
     return out
