@@ -1,4 +1,4 @@
-"""Resolve `base.model` from params.yaml to a diffusers folder and load it.
+"""Resolve `base.model` from params.yaml to a local diffusers folder (backbone.py loads it).
 
 The spec is one of: a preset name (built offline, see presets.py), a local diffusers folder,
 or a Hugging Face hub id. Hub ids are only read from the local HF cache unless downloads are
@@ -11,9 +11,6 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
-from diffusers.utils import logging as diffusers_logging
-from transformers.utils import logging as transformers_logging
 
 from .presets import PRESETS, PresetMissingError, materialize_preset
 
@@ -29,7 +26,7 @@ def preset_cache_dir() -> Path:
 
 
 def resolve_base_model(spec: str, allow_download: bool = False) -> Path:
-    """Return a local folder holding a diffusers StableDiffusionPipeline for `spec`."""
+    """Return a local folder holding a diffusers pipeline (SD or SDXL) for `spec`."""
     if spec in PRESETS:
         try:
             return materialize_preset(spec, preset_cache_dir() / spec)
@@ -61,26 +58,7 @@ def _hub_snapshot(repo_id: str, allow_download: bool) -> Path:
         ) from exc
 
 
-def load_pipeline(spec: str, device: str = "cpu", allow_download: bool = False):
-    """Load the base pipeline with every weight frozen; callers add adapters on top."""
-    folder = resolve_base_model(spec, allow_download)
-    # Loading bars for a handful of files are noise next to the training progress bar.
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    pipe = StableDiffusionPipeline.from_pretrained(
-        folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.requires_grad_(False)
-    return pipe.to(device)
-
-
 def pick_device(requested: str = "auto") -> str:
     if requested != "auto":
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def image_resolution(pipe) -> int:
-    return pipe.unet.config.sample_size * pipe.vae_scale_factor

@@ -13,7 +13,7 @@ from statistics import mean
 import numpy as np
 
 # attr_acc and pattern_acc only where an attribute classifier scored (the world preset)
-SCORES = ("attr_acc", "pattern_acc", "clip_i", "clip_t")
+SCORES = ("attr_acc", "pattern_acc", "clip_i", "clip_t", "dino")  # dino: only when configured
 FIGURES = ("A", "LA", "F", "BWT")
 GROUPS = ("per_concept", "class_prompts")  # where a metrics.json keeps scores, by prompt
 SAMPLES = "samples"  # a prompt's per-seed values of its scores, in seed order

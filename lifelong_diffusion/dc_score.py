@@ -17,20 +17,16 @@ Nothing here runs under no_grad: gradients reach the adapter when the caller wan
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
+from .backbone import Conditioning, EpsFn
 from .diffusion import denoising_target
 
 T_RANGE = (100, 900)  # METHODS.md: s in [100, 900]
 CLASS_PROMPT = "a photo of a {class_word}"
 IDENTIFIER_PROMPT = "a photo of {token} {class_word}"
 TEMPERATURE = 0.01
-
-EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 def shared_noising(scheduler, x0: torch.Tensor, generator: torch.Generator,
                    t_range: tuple[int, int] = T_RANGE):
@@ -42,11 +38,11 @@ def shared_noising(scheduler, x0: torch.Tensor, generator: torch.Generator,
 
 
 def predict_per_prompt(eps_fn: EpsFn, noisy: torch.Tensor, t: torch.Tensor,
-                       embeddings: torch.Tensor) -> torch.Tensor:
-    """(B, K, ...) predictions for B latents under K prompt embeddings, in one batched call:
-    the latents repeated K times, each embedding repeated for the B latents."""
-    b, k = len(noisy), len(embeddings)
-    out = eps_fn(noisy.repeat(k, 1, 1, 1), t.repeat(k), embeddings.repeat_interleave(b, 0))
+                       prompts: Conditioning) -> torch.Tensor:
+    """(B, K, ...) predictions for B latents under K prompts' conditioning, in one batched
+    call: the latents repeated K times, each prompt's conditioning repeated for the B latents."""
+    b, k = len(noisy), len(prompts)
+    out = eps_fn(noisy.repeat(k, 1, 1, 1), t.repeat(k), prompts.repeat_interleave(b))
     return out.reshape(k, b, *out.shape[1:]).transpose(0, 1)
 
 
@@ -57,18 +53,12 @@ def log_probs(predictions: torch.Tensor, target: torch.Tensor,
     return F.log_softmax(-errors / temperature, dim=1)
 
 
-def unet_eps(unet) -> EpsFn:
-    """A diffusers UNet as an EpsFn (its output's .sample), like the teacher callable."""
-    return lambda noisy, t, cond: unet(noisy, t, cond).sample
-
-
-def dc_log_probs(unet, scheduler, x0: torch.Tensor, prompt_embeddings: torch.Tensor,
+def dc_log_probs(eps_fn: EpsFn, scheduler, x0: torch.Tensor, prompts: Conditioning,
                  generator: torch.Generator, t_range: tuple[int, int] = T_RANGE,
                  temperature: float = TEMPERATURE) -> torch.Tensor:
-    """(B, K) log P(prompt k | x0_b) with the adapter active on `unet`, one shared (s, eps)."""
+    """(B, K) log P(prompt k | x0_b) under `eps_fn` (e.g. the student), one shared (s, eps)."""
     noisy, t, target = shared_noising(scheduler, x0, generator, t_range)
-    return log_probs(predict_per_prompt(unet_eps(unet), noisy, t, prompt_embeddings), target,
-                     temperature)
+    return log_probs(predict_per_prompt(eps_fn, noisy, t, prompts), target, temperature)
 
 
 def concept_prompt_set(token: str, class_word: str, past: list[dict], k: int,

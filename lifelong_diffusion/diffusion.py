@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .backbone import Conditioning, EpsFn
+
 
 def snr_weight(scheduler, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023): nearly-clean timesteps, which otherwise
@@ -30,23 +32,23 @@ def denoising_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.
 
 
 @torch.no_grad()
-def sample_latents(unet, scheduler, cond: torch.Tensor, uncond: torch.Tensor, steps: int,
+def sample_latents(eps_fn: EpsFn, scheduler, cond: Conditioning, uncond: Conditioning, shape: tuple[int, ...], steps: int,
                    guidance: float, generator: torch.Generator) -> torch.Tensor:
-    """Clean latents for each row of `cond` by DDIM with classifier-free guidance.
+    """Clean latents of `shape` for each row of `cond` by DDIM with classifier-free guidance
+    (`uncond`: one row).
 
     A bare loop instead of the diffusers pipeline: callers want latents, not images, from
-    whichever adapter is active on `unet`, without touching the pipeline's own scheduler.
+    whichever adapter is active, without touching the pipeline's own scheduler.
     """
     from diffusers import DDIMScheduler
 
     ddim = DDIMScheduler.from_config(scheduler.config)
     ddim.set_timesteps(steps)
-    size = unet.config.sample_size
-    latents = torch.randn((len(cond), unet.config.in_channels, size, size), generator=generator)
-    latents = (latents * ddim.init_noise_sigma).to(cond)
-    both = torch.cat([uncond.expand_as(cond), cond])
+    latents = torch.randn((len(cond), *shape), generator=generator)
+    latents = (latents * ddim.init_noise_sigma).to(cond.states)
+    both = Conditioning.cat([uncond.expand(len(cond)), cond])
     for t in ddim.timesteps:
-        out_uncond, out_cond = unet(torch.cat([latents, latents]), t, both).sample.chunk(2)
+        out_uncond, out_cond = eps_fn(torch.cat([latents, latents]), t, both).chunk(2)
         guided = out_uncond + guidance * (out_cond - out_uncond)
-        latents = ddim.step(guided, t, latents).prev_sample
+        latents = ddim.step(guided.to(latents), t, latents).prev_sample
     return latents

@@ -8,26 +8,19 @@ with other seeds.
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 
-import torch
-from diffusers import DDIMScheduler
-from PIL import Image
-
-from . import icgen
-from .base_model import image_resolution, load_pipeline, pick_device
+from .base_model import pick_device
 from .cl_metrics import SAMPLES
 from .clip_score import ClipScorer
 from .fileio import atomic_dir
-from .folded import apply_folded
+from .generation import PersonalizedModel
 from .grid import image_grid
-from .lora import STUDENT, add_lora, add_tokens, set_adapter_weights
-from .snapshot import Snapshot, load_snapshot
+from .snapshot import load_snapshot
 from .stamps import fingerprint_of, inputs_key
-from .train import read_processed_concept, tokenize
+from .train import read_processed_concept
 
 
 REFERENCE_COLUMNS = 2  # the grid starts each concept row with two of its photos, then the samples
@@ -46,55 +39,26 @@ class EvalConfig:
     # Weights of an attribute classifier (world preset): exact read-out of shape and pattern
     # for concepts whose concept.yaml carries `world:` ground truth. null = CLIP scores only.
     attribute_classifier: str | None = None
+    # A local DINO ViT folder (transformers save_pretrained, e.g. facebook/dino-vits16): adds
+    # the `dino` score, DreamBooth's image similarity. null = no DINO score.
+    dino_model: str | None = None
+    # fp32 | bf16 | fp16 | auto (bf16 on a GPU, fp32 on CPU), as train.precision
+    precision: str = "auto"
+    # Image size to sample at (params.yaml: base.resolution); null = the base model's own
+    resolution: int | None = None
     device: str = "auto"
 
 
-def personalized_pipeline(snap: Snapshot, device: str):
-    """The base pipeline with S_t's folded updates, tokens and adapter, ready to sample, DDIM
-    for speed."""
-    pipe = load_pipeline(snap.base_model, device)
-    apply_folded(pipe.unet, snap.state)
-    add_tokens(pipe.tokenizer, pipe.text_encoder, snap.tokens)
-    if snap.adapter:
-        add_lora(pipe.unet, snap.lora, STUDENT, snap.adapter)
-        pipe.unet.set_adapter(STUDENT)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    return pipe
+def generate(model: PersonalizedModel, prompt: str, cfg: EvalConfig):
+    return model.generate(prompt, cfg.seeds, cfg.steps, cfg.guidance_scale)
 
 
-def use_concept_adapter(pipe, snap: Snapshot, token: str | None) -> None:
-    """For methods with one adapter per concept: the concept's own adapter for its prompt,
-    the bare base model for prompts with no learned token (class prompts)."""
-    if not snap.adapters_per_token:
-        return
-    if token is None:
-        pipe.unet.disable_adapters()
-        return
-    pipe.unet.enable_adapters()
-    set_adapter_weights(pipe.unet, STUDENT, snap.token_adapter(token))
+def dino_scorer(folder: str | None, device: str):
+    if not folder:
+        return None
+    from .dino_score import DinoScorer  # transformers' ViT: only when a DINO model is configured
 
-
-def concept_context(pipe, snap: Snapshot, token: str):
-    """For snapshots with a context bank for `token` (lfs): generation attends to it (ICGen)."""
-    latents = snap.state.get(f"{icgen.BANK}{token}")
-    if latents is None:
-        return nullcontext()
-    with torch.no_grad():
-        uncond = pipe.text_encoder(tokenize(pipe.tokenizer, [""]).to(pipe.device))[0]
-    bank = icgen.attach(pipe.unet, pipe.scheduler, uncond)
-    bank.generator.manual_seed(0)  # the context's noise is part of the fixed evaluation seeds
-    return bank.conditioning(latents.to(pipe.device, pipe.unet.dtype))
-
-
-@torch.no_grad()
-def generate(pipe, prompt: str, cfg: EvalConfig) -> list[Image.Image]:
-    """One image per seed; each seed has its own generator so batch size never matters."""
-    size = image_resolution(pipe)
-    return pipe(
-        [prompt] * len(cfg.seeds), height=size, width=size, num_inference_steps=cfg.steps,
-        guidance_scale=cfg.guidance_scale,
-        generator=[torch.Generator().manual_seed(s) for s in cfg.seeds],
-    ).images
+    return DinoScorer(folder, device)
 
 
 class AttributeReader:
@@ -158,29 +122,29 @@ def evaluate_snapshot(snapshot_dir: Path, processed_root: Path, out_dir: Path,
     reference for relevant-concept drift); writes metrics.json and grid.png."""
     snap = load_snapshot(snapshot_dir)
     device = pick_device(cfg.device)
-    pipe = personalized_pipeline(snap, device)
+    model = PersonalizedModel(snap, device, cfg.precision, cfg.resolution)
     scorer = ClipScorer(cfg.clip_model, cfg.clip_weights, device)
     reader = AttributeReader(cfg.attribute_classifier) if cfg.attribute_classifier else None
+    dino = dino_scorer(cfg.dino_model, device)
     rows, per_concept, class_prompts = [], {}, {}
     for c in snap.concepts:
-        use_concept_adapter(pipe, snap, c["token"])
-        with concept_context(pipe, snap, c["token"]):
-            images = generate(pipe, cfg.prompt.format(**c), cfg)
+        images = generate(model, cfg.prompt.format(**c), cfg)
         folder = Path(processed_root) / c["name"]
         references = read_processed_concept(folder).images
         text = cfg.text_prompt.format(**c)
         samples = {"clip_i": scorer.clip_i_samples(images, references),
                    "clip_t": scorer.clip_t_samples(images, text)}
+        if dino:
+            samples["dino"] = dino.dino_samples(images, references)
         truth = world_truth(folder) if reader else None
         if truth:
             samples.update(reader.concept_samples(images, truth))
         per_concept[c["name"]] = with_samples(samples)
         refs = (references + [None] * REFERENCE_COLUMNS)[:REFERENCE_COLUMNS]
         rows.append((f"{c['name']} {c['token']}", [*refs, *images[:GRID_SEEDS]]))
-    use_concept_adapter(pipe, snap, None)
     for word in dict.fromkeys([c["class_word"] for c in snap.concepts] + list(class_words)):
         text = cfg.text_prompt.format(class_word=word)
-        images = generate(pipe, text, cfg)
+        images = generate(model, text, cfg)
         samples = {"clip_t": scorer.clip_t_samples(images, text)}
         if reader:
             samples.update(reader.class_samples(images, word))

@@ -10,7 +10,7 @@ have stored it all in the adapter.
 
 The context is switched on by `ContextBank.conditioning(latents)`; outside it the UNet
 behaves exactly as without processors, so teacher calls, distillation and class prompts
-are unaffected. Choices where METHODS.md is silent: the context pass uses the empty prompt
+are unaffected. Choices where the paper is silent (docs/methods.md#lfs): the context pass uses the empty prompt
 (the context is read for its appearance, not its caption), and a batch with per-sample
 timesteps (training) runs the context once per sample at that sample's timestep.
 """
@@ -21,6 +21,8 @@ from contextlib import contextmanager
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from .backbone import Conditioning, unet_forward
+
 SELF_ATTENTION = ".attn1.processor"
 BANK = "context/"  # snapshot state key prefix of a concept's context bank: context/<token>
 
@@ -28,7 +30,7 @@ BANK = "context/"  # snapshot state key prefix of a concept's context bank: cont
 class ContextBank:
     """The recorded context tokens of one conditioned UNet call, shared by all processors."""
 
-    def __init__(self, unet, scheduler, uncond: torch.Tensor, generator: torch.Generator):
+    def __init__(self, unet, scheduler, uncond: Conditioning, generator: torch.Generator):
         self.scheduler, self.uncond, self.generator = scheduler, uncond, generator
         self.latents: torch.Tensor | None = None  # (K, C, h, w) clean context latents
         self.recording = False
@@ -60,7 +62,7 @@ class ContextBank:
         self.recording, self.tokens = True, {}
         try:
             with torch.no_grad():
-                unet(noisy, steps, self.uncond.expand(len(context), -1, -1).to(noisy))
+                unet_forward(unet, noisy, steps, self.uncond.expand(len(context)).to(noisy))
         finally:
             self.recording = False
         groups = len(sample) if per_sample else 1
@@ -86,7 +88,7 @@ class ContextAttnProcessor:
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
 
 
-def attach(unet, scheduler, uncond: torch.Tensor, seed: int = 0) -> ContextBank:
+def attach(unet, scheduler, uncond: Conditioning, seed: int = 0) -> ContextBank:
     """Install ICGen on `unet` (once); returns the bank that switches context on and off."""
     if getattr(unet, "_icgen_bank", None) is None:
         unet._icgen_bank = ContextBank(unet, scheduler, uncond, torch.Generator().manual_seed(seed))

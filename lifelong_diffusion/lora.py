@@ -1,4 +1,4 @@
-"""LoRA adapters on the UNet (peft through diffusers) and identifier-token embeddings.
+"""LoRA adapters on the UNet (peft through diffusers); identifier tokens are backbone.py's.
 
 The teacher is a second *named* peft adapter on the same UNet, never a deep copy: for SD-1.5
 a copy would double memory, while an extra rank-r adapter costs a few MB.
@@ -62,39 +62,3 @@ def using_adapter(unet, name: str, restore: str):
         yield
     finally:
         unet.set_adapter(restore)
-
-
-def add_tokens(tokenizer, text_encoder, embeddings: dict[str, torch.Tensor]) -> list[int]:
-    """Register identifier tokens with their embeddings; returns their ids in order."""
-    if not embeddings:
-        return []
-    tokens = list(embeddings)
-    tokenizer.add_tokens(tokens)
-    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    ids = tokenizer.convert_tokens_to_ids(tokens)
-    table = text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        for token_id, token in zip(ids, tokens):
-            table[token_id] = embeddings[token].to(table)
-    return ids
-
-
-def word_embedding(tokenizer, text_encoder, word: str) -> torch.Tensor:
-    """Mean input embedding of a word's BPE pieces: the usual init for a new identifier."""
-    ids = tokenizer(word, add_special_tokens=False).input_ids
-    return text_encoder.get_input_embeddings().weight[ids].mean(0).detach().clone()
-
-
-def initial_embedding(kind: str, tokenizer, text_encoder, class_word: str) -> torch.Tensor:
-    """Init of a new identifier token: "class_word" (word_embedding) or "random" (C-LoRA).
-
-    The random init draws from N(0, sigma^2) with sigma the std of the embedding table, so the
-    token has the norm of an ordinary word and carries no class prior; it uses the global
-    torch RNG, which train_concept seeds, so it is reproducible.
-    """
-    if kind == "class_word":
-        return word_embedding(tokenizer, text_encoder, class_word)
-    if kind == "random":
-        table = text_encoder.get_input_embeddings().weight.detach()
-        return torch.randn(table.shape[1]).to(table) * table.std()
-    raise ValueError(f"unknown token_init '{kind}': use 'class_word' or 'random'")

@@ -77,19 +77,24 @@ class Project:
         i = order.index(name)
         return order[i - 1] if i else BASE
 
+    @property
+    def resolution(self) -> int | None:
+        """base.resolution: the image size training and sampling use (null: the model's own)."""
+        return self.section("base").get("resolution")
+
     # Imported here, not at the top: torch and diffusers take ~10 s to import, and the light
     # stages (ingest, register) that read params.yaml should not pay for them.
     def train_config(self):
         from .train import TrainConfig
 
-        return TrainConfig(**self.section("train"))
+        return TrainConfig(**self.section("train"), resolution=self.resolution)
 
     def eval_config(self):
         from .evaluate import EvalConfig
 
-        cfg = EvalConfig(**self.section("evaluate"))
+        cfg = EvalConfig(**self.section("evaluate"), resolution=self.resolution)
         # weight files named relative to the project, wherever the command runs from
-        for key in ("clip_weights", "attribute_classifier"):
+        for key in ("clip_weights", "attribute_classifier", "dino_model"):
             if getattr(cfg, key):
                 setattr(cfg, key, str(self.root / getattr(cfg, key)))
         return cfg

@@ -24,7 +24,6 @@ from .fileio import atomic_dir
 
 FORMAT = 1
 _TENSOR_FILES = ("adapter", "tokens", "state")
-TOKEN_ADAPTER = "adapter/"  # state key prefix of per-concept adapters
 
 
 class SnapshotError(RuntimeError):
@@ -43,17 +42,6 @@ class Snapshot:
     adapter: dict[str, torch.Tensor] = field(default_factory=dict)
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)
     state: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def token_adapter(self, token: str) -> dict[str, torch.Tensor] | None:
-        """The adapter kept for one concept's token (methods with one adapter per concept keep
-        them in `state` as adapter/<token>/<key>); None if this snapshot keeps none."""
-        prefix = f"{TOKEN_ADAPTER}{token}/"
-        found = {k[len(prefix):]: v for k, v in self.state.items() if k.startswith(prefix)}
-        return found or None
-
-    @property
-    def adapters_per_token(self) -> bool:
-        return any(k.startswith(TOKEN_ADAPTER) for k in self.state)
 
     @property
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:

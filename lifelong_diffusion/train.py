@@ -1,6 +1,6 @@
 """One lifelong step: learn concept t on top of snapshot S_{t-1} and write S_t.
 
-The step every method shares (METHODS.md): load S_{t-1} as a frozen teacher adapter, start
+The step every method shares (docs/methods.md#shared-step): load S_{t-1} as a frozen teacher adapter, start
 the student from it (or fresh), add the new identifier token, train on the concept's few
 images with L = L_denoise + method regularizer, save S_t. Only concept t's images are read.
 """
@@ -18,12 +18,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .backbone import Backbone, Conditioning
+from .base_model import pick_device
 from .diffusion import denoising_target, snr_weight
-from .base_model import image_resolution, load_pipeline, pick_device
-from .folded import apply_folded
-from .lora import (STUDENT, TEACHER, add_lora, add_tokens, adapter_parameters, adapter_weights,
-                   initial_embedding, lora_settings, using_adapter)
-from .methods import Method, StepContext, build_method
+from .lora import STUDENT, TEACHER, add_lora, adapter_parameters, adapter_weights, lora_settings, using_adapter
+from .methods import Method, StepContext, build_method, snapshot_method
 from .fileio import sha256_file
 from .snapshot import Snapshot, load_snapshot, save_snapshot
 from .stamps import fingerprint_of, inputs_key
@@ -58,6 +57,14 @@ class TrainConfig:
     # mirrored diagonal stripes are another pattern, and the adapter learnt a blend of both.
     mirror: bool = False
     prompt_templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    # fp32 | bf16 | fp16 | auto (bf16 on a GPU, fp32 on CPU): the frozen UNet's weights and the
+    # forward passes; LoRA weights, token rows and optimizer state stay fp32 (backbone.py)
+    precision: str = "auto"
+    # Recompute activations in the backward pass: less memory (SD-1.5 at 512 px, SDXL at
+    # 1024 px on one GPU), about a third more time per step
+    gradient_checkpointing: bool = False
+    # Image size to train at (params.yaml: base.resolution); null = the base model's own
+    resolution: int | None = None
     seed: int = 0
     device: str = "auto"
 
@@ -94,19 +101,28 @@ def read_processed_concept(folder: Path) -> Concept:
 
 
 class Student:
-    """The pipeline with teacher (frozen S_{t-1}) and student adapters and token embeddings."""
+    """The backbone with teacher (frozen S_{t-1}) and student adapters and token embeddings;
+    what a method sees of it is methods.base.TrainingView."""
 
-    def __init__(self, pipe, prev: Snapshot, concept: Concept, cfg: TrainConfig, method: Method):
-        self.pipe, self.unet, self.batch_size, self.snr_gamma = pipe, pipe.unet, cfg.batch_size, cfg.snr_gamma
-        add_tokens(pipe.tokenizer, pipe.text_encoder, prev.tokens)
-        init = initial_embedding(method.token_init, pipe.tokenizer, pipe.text_encoder,
-                                 concept.class_word)
-        (self.token_id,) = add_tokens(pipe.tokenizer, pipe.text_encoder, {concept.token: init})
+    def __init__(self, backbone: Backbone, prev: Snapshot, concept: Concept, cfg: TrainConfig,
+                 method: Method):
+        self.backbone, self.unet, self.snr_gamma = backbone, backbone.unet, cfg.snr_gamma
+        self.batch_size = cfg.batch_size
+        backbone.add_tokens(prev.tokens)
+        init = backbone.initial_embedding(method.token_init, concept.class_word)
+        backbone.add_tokens({concept.token: init})
+        self.token = concept.token
         self.lora = self._lora_settings(prev, cfg)
         teacher_lora = prev.lora or self.lora
         add_lora(self.unet, teacher_lora, TEACHER, prev.adapter)
         add_lora(self.unet, self.lora, STUDENT, None if method.fresh_adapter else prev.adapter)
         self.unet.set_adapter(STUDENT)
+        # LoRA weights and their AdamW state in fp32 whatever the base's precision
+        for param in adapter_parameters(self.unet, STUDENT):
+            param.data = param.data.float()
+        if cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            self.unet.train()  # diffusers checkpoints only in training mode
         self._train_only_new_token()
 
     @staticmethod
@@ -119,35 +135,35 @@ class Student:
         return wanted
 
     def _train_only_new_token(self) -> None:
-        """Older tokens stay frozen: mask the gradient of every embedding row but ours."""
-        table = self.pipe.text_encoder.get_input_embeddings().weight
-        table.requires_grad_(True)
-        mask = torch.zeros_like(table[:, :1])
-        mask[self.token_id] = 1.0
-        table.register_hook(lambda grad: grad * mask)
+        """Older tokens stay frozen: mask the gradient of every embedding row but ours, in
+        every text encoder."""
+        for table, token_id in zip(self.backbone.embedding_tables, self.backbone.token_ids(self.token)):
+            table.requires_grad_(True)
+            mask = torch.zeros_like(table[:, :1])
+            mask[token_id] = 1.0
+            table.register_hook(lambda grad, mask=mask: grad * mask)
 
     def parameter_groups(self, cfg: TrainConfig) -> list[dict]:
-        table = self.pipe.text_encoder.get_input_embeddings().weight
         return [{"params": adapter_parameters(self.unet, STUDENT), "lr": cfg.lr},
-                {"params": [table], "lr": cfg.token_lr, "weight_decay": 0.0}]
-
-    def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.pipe.text_encoder(input_ids)[0]
+                {"params": self.backbone.embedding_tables, "lr": cfg.token_lr, "weight_decay": 0.0}]
 
     @torch.no_grad()
-    def embed_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings of a method's fixed prompts, without gradient: regularizers read
+    def embed_prompts(self, prompts: list[str]) -> Conditioning:
+        """Conditioning of a method's fixed prompts, without gradient: regularizers read
         them, they never train the token through them."""
-        return self.encode_text(tokenize(self.pipe.tokenizer, prompts).to(self.unet.device))
+        return self.backbone.encode(prompts)
+
+    def student_eps(self, noisy: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        with self.backbone.autocast():
+            return self.backbone.predict(noisy, t, cond)
 
     @torch.no_grad()
-    def teacher_eps(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor):
-        with using_adapter(self.unet, TEACHER, restore=STUDENT):
-            return self.unet(noisy, timesteps, cond).sample
+    def teacher_eps(self, noisy: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        with using_adapter(self.unet, TEACHER, restore=STUDENT), self.backbone.autocast():
+            return self.backbone.predict(noisy, t, cond)
 
     def snapshot(self, prev: Snapshot, concept: Concept, method: Method, cfg: TrainConfig):
-        table = self.pipe.text_encoder.get_input_embeddings().weight
-        tokens = dict(prev.tokens, **{concept.token: table[self.token_id].detach().clone()})
+        tokens = dict(prev.tokens, **{concept.token: self.backbone.token_embedding(concept.token)})
         entry = {"name": concept.name, "token": concept.token, "class_word": concept.class_word}
         return Snapshot(
             step=prev.step + 1, name=concept.name, method=cfg.method,
@@ -159,48 +175,93 @@ class Student:
 
 
 @torch.no_grad()
-def encode_latents(pipe, images: list[Image.Image], mirror: bool = False) -> torch.Tensor:
+def encode_latents(backbone: Backbone, images: list[Image.Image], mirror: bool = False) -> torch.Tensor:
     """VAE latents of the images (then their mirror images, if asked), encoded once per step."""
     arrays = [np.asarray(img, dtype=np.float32) / 127.5 - 1.0 for img in images]
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     if mirror:
         pixels = torch.cat([pixels, pixels.flip(-1)])
-    pixels = pixels.to(pipe.device, pipe.vae.dtype)
-    return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+    vae = backbone.vae
+    pixels = pixels.to(backbone.device, vae.dtype)
+    return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
 
 
-def training_step(student: Student, method: Method, optimizer, latents, prompt_ids, gen, step):
+def training_step(student: Student, method: Method, optimizer, scaler, latents, prompts, gen, step):
     """One optimizer step: sample a batch, noise it, predict, add the regularizer, update."""
-    scheduler = student.pipe.scheduler
+    scheduler = student.backbone.scheduler
     n = latents.shape[0]
     pick = torch.randint(0, n, (min(n, student.batch_size),), generator=gen)
     x0 = latents[pick]
-    ids = prompt_ids[torch.randint(0, len(prompt_ids), (len(pick),), generator=gen)]
+    picked = [prompts[i] for i in torch.randint(0, len(prompts), (len(pick),), generator=gen)]
     noise = torch.randn(x0.shape, generator=gen).to(x0)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(pick),), generator=gen)
     noisy = scheduler.add_noise(x0, noise, t)
-    cond = student.encode_text(ids.to(x0.device))
+    cond = student.backbone.encode(picked)  # with grad: trains the token
     with method.conditioning(pick):  # lfs: the concept's other photos as in-context examples
-        pred = student.unet(noisy, t.to(x0.device), cond).sample
+        pred = student.student_eps(noisy, t.to(x0.device), cond)
     per_sample = F.mse_loss(pred.float(), denoising_target(scheduler, x0, noise, t).float(),
                             reduction="none").mean((1, 2, 3))
     denoise = (per_sample * snr_weight(scheduler, t, student.snr_gamma).to(per_sample)).mean()
-    ctx = StepContext(student.unet, noisy, t, cond, pred, student.teacher_eps, step)
+    ctx = StepContext(student.unet, noisy, t, cond, pred, student.student_eps, student.teacher_eps, step)
     reg = method.regularizer(ctx)
     loss = denoise if reg is None else denoise + reg
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()  # fp16: loss scaling; otherwise the scaler does nothing
+    scaler.step(optimizer)
+    scaler.update()
     return loss.item(), denoise.item()
-
-
-def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
 
 
 def train_inputs_key(prev_dir: Path, concept_dir: Path, cfg: TrainConfig) -> str:
     return inputs_key(fingerprint_of(prev_dir), sha256_file(Path(concept_dir) / "manifest.json"), cfg)
+
+
+@dataclass
+class TrainingRun:
+    """One lifelong step set up and ready for its first optimizer step."""
+
+    prev: Snapshot
+    concept: Concept
+    backbone: Backbone
+    method: Method
+    student: Student
+    latents: torch.Tensor
+    prompts: list[str]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator
+    prepare_seconds: float  # the method's preparation (lfs_kd: the teacher's samples)
+
+
+def prepare_training(prev_dir: Path, concept_dir: Path, cfg: TrainConfig) -> TrainingRun:
+    """Load S_{t-1} and concept t, check they fit, build teacher, student and optimizer."""
+    prev = load_snapshot(prev_dir)
+    concept = read_processed_concept(concept_dir)
+    known = {c["token"]: c["name"] for c in prev.concepts}
+    if concept.token in known:
+        raise ValueError(f"{concept_dir}/manifest.json: token {concept.token} was already learned "
+                         f"by '{known[concept.token]}'; give this concept another token.")
+    backbone = Backbone.load(prev.base_model, pick_device(cfg.device), cfg.precision,
+                             resolution=cfg.resolution)
+    snapshot_method(prev).fold_into_base(backbone.unet, prev)  # merge, clora: S_{t-1}'s base
+    size = backbone.resolution
+    if concept.images[0].size != (size, size):
+        raise ValueError(f"{concept_dir} holds {concept.images[0].size} images but the base model "
+                         f"works at {size}px: set ingest.resolution: {size} in params.yaml and "
+                         "ingest again.")
+    method = build_method(cfg.method, cfg.selected_method_params)
+    torch.manual_seed(cfg.seed)  # after loading: fresh LoRA weights must not depend on the cache
+    student = Student(backbone, prev, concept, cfg, method)
+    latents = encode_latents(backbone, concept.images, cfg.mirror)
+    started = time.perf_counter()
+    method.prepare(student, prev, concept, latents)
+    prepare_seconds = time.perf_counter() - started
+    prompts = [t.format(token=concept.token, class_word=concept.class_word)
+               for t in concept.prompts or cfg.prompt_templates]
+    optimizer = torch.optim.AdamW(student.parameter_groups(cfg), weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
+    return TrainingRun(prev, concept, backbone, method, student, latents, prompts, optimizer,
+                       scaler, torch.Generator().manual_seed(cfg.seed), prepare_seconds)
 
 
 def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainConfig,
@@ -208,44 +269,23 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
     """Train concept t from S_{t-1} in `prev_dir` and write S_t to `out_dir`; returns its
     fingerprint. Reads only `concept_dir` (this concept's images) and the previous snapshot."""
     started = time.perf_counter()
-    prev = load_snapshot(prev_dir)
-    concept = read_processed_concept(concept_dir)
-    known = {c["token"]: c["name"] for c in prev.concepts}
-    if concept.token in known:
-        raise ValueError(f"{concept_dir}/manifest.json: token {concept.token} was already learned "
-                         f"by '{known[concept.token]}'; give this concept another token.")
-    pipe = load_pipeline(prev.base_model, pick_device(cfg.device))
-    apply_folded(pipe.unet, prev.state)  # merge, clora: S_{t-1} = base + its folded updates
-    resolution = image_resolution(pipe)
-    if concept.images[0].size != (resolution, resolution):
-        raise ValueError(f"{concept_dir} holds {concept.images[0].size} images but the base model "
-                         f"works at {resolution}px: set ingest.resolution: {resolution} in "
-                         "params.yaml and ingest again.")
-    method = build_method(cfg.method, cfg.selected_method_params)
-    torch.manual_seed(cfg.seed)  # after loading: fresh LoRA weights must not depend on the cache
-    student = Student(pipe, prev, concept, cfg, method)
-    latents = encode_latents(pipe, concept.images, cfg.mirror)
-    training_started = time.perf_counter()  # per-step cost: the method's preparation and the loop
-    method.prepare(student, prev, concept, latents)
-    templates = concept.prompts or cfg.prompt_templates
-    prompt_ids = tokenize(pipe.tokenizer, [t.format(token=concept.token, class_word=concept.class_word)
-                                           for t in templates])
-    optimizer = torch.optim.AdamW(student.parameter_groups(cfg), weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    run = prepare_training(prev_dir, concept_dir, cfg)
+    loop_started = time.perf_counter()
     losses, denoise_losses = [], []
     # mininterval keeps logs short when stderr is a file (DVC, Prefect workers, CI)
-    bar = tqdm(range(cfg.steps), desc=f"train {concept.name}", disable=not progress,
+    bar = tqdm(range(cfg.steps), desc=f"train {run.concept.name}", disable=not progress,
                mininterval=1.0 if sys.stderr.isatty() else 15.0)
     for step in bar:
-        loss, denoise = training_step(student, method, optimizer, latents, prompt_ids, gen, step)
+        loss, denoise = training_step(run.student, run.method, run.optimizer, run.scaler,
+                                      run.latents, run.prompts, run.generator, step)
         losses.append(loss)
         denoise_losses.append(denoise)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar itself decides when to redraw
-    # Per-step cost excludes what a method does after training (a Fisher pass), which its
-    # own train_log reports.
-    training_seconds = time.perf_counter() - training_started
-    snap = student.snapshot(prev, concept, method, cfg)
+    # Per-step cost: the method's preparation and the loop, not what a method does after
+    # training (a Fisher pass), which its own train_log reports.
+    training_seconds = run.prepare_seconds + time.perf_counter() - loop_started
+    snap = run.student.snapshot(run.prev, run.concept, run.method, cfg)
     log = {"loss": losses, "denoise": denoise_losses, "seconds": time.perf_counter() - started,
-           "training_seconds": training_seconds, "steps": cfg.steps, **method.train_log()}
+           "training_seconds": training_seconds, "steps": cfg.steps, **run.method.train_log()}
     return save_snapshot(snap, out_dir, train_log=log,
                          inputs=train_inputs_key(prev_dir, concept_dir, cfg))

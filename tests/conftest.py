@@ -56,12 +56,12 @@ def lora_unet():
     """Returns make(seed): the tiny-random UNet with an active "student" LoRA adapter on the
     attention projections and the resnets' convs, whose B factors (zero at init, i.e. no
     update) are drawn at random, so the adapter matters."""
-    from lifelong_diffusion.base_model import load_pipeline
+    from lifelong_diffusion.backbone import Backbone
     from lifelong_diffusion.folded import lora_layers
     from lifelong_diffusion.lora import STUDENT, add_lora, lora_settings
 
     def make(seed: int):
-        unet = load_pipeline("tiny-random", "cpu").unet
+        unet = Backbone.load("tiny-random", "cpu").unet
         add_lora(unet, lora_settings(4, 8.0, ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"]),
                  STUDENT, None)
         unet.set_adapter(STUDENT)

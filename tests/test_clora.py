@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lifelong_diffusion.base_model import load_pipeline
+from lifelong_diffusion.backbone import Backbone
 from lifelong_diffusion.folded import fold, folded_factors, lora_layers
-from lifelong_diffusion.lora import STUDENT, initial_embedding, word_embedding
+from lifelong_diffusion.lora import STUDENT
 from lifelong_diffusion.methods.clora import Clora
 from lifelong_diffusion.snapshot import empty_snapshot, load_snapshot, read_train_log
 from lifelong_diffusion.train import TrainConfig, train_concept
@@ -54,15 +54,15 @@ def test_first_step_has_no_penalty(lora_unet):
 
 
 def test_random_token_init_has_the_scale_of_a_word():
-    pipe = load_pipeline("tiny-random", "cpu")
-    table = pipe.text_encoder.get_input_embeddings().weight
+    backbone = Backbone.load("tiny-random", "cpu")
+    (table,) = backbone.embedding_tables
     torch.manual_seed(0)
-    random = initial_embedding("random", pipe.tokenizer, pipe.text_encoder, "star")
+    random = backbone.initial_embedding("random", "star")
     assert Clora.token_init == "random"
-    assert not torch.allclose(random, word_embedding(pipe.tokenizer, pipe.text_encoder, "star"))
+    assert not torch.allclose(random, backbone.word_embedding("star"))
     assert 0.5 < float(random.std() / table.std()) < 2.0
     with pytest.raises(ValueError, match="unknown token_init 'zeros'"):
-        initial_embedding("zeros", pipe.tokenizer, pipe.text_encoder, "star")
+        backbone.initial_embedding("zeros", "star")
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,7 @@ def test_penalty_is_zero_at_step_one_and_positive_at_step_two(run):
 
 
 def test_training_starts_from_a_random_token(run):
-    pipe = load_pipeline("tiny-random", "cpu")
-    class_word = word_embedding(pipe.tokenizer, pipe.text_encoder, "star")
+    class_word = Backbone.load("tiny-random", "cpu").word_embedding("star")
     assert not torch.allclose(load_snapshot(run / "zero").tokens["<c1>"], class_word, atol=1e-3)
 
 

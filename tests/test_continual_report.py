@@ -45,7 +45,7 @@ def test_report_files(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "curves.csv")))
     assert [r["after_step"] for r in rows] == ["0", "0", "1", "1", "2", "2", "2", "2"]
     assert rows[0] == {"after_step": "0", "prompt": "class: star", "attr_acc": "1.0", "pattern_acc": "",
-                       "clip_i": "", "clip_t": "0.3"}
+                       "clip_i": "", "clip_t": "0.3", "dino": ""}
     assert {r["prompt"] for r in rows if r["after_step"] == "2"} == {"a", "b", "class: star", "class: heart"}
 
     for name, min_width in (("R_heatmap.png", 3 * 300), ("curves.png", 3 * 300)):

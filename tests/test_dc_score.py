@@ -2,7 +2,6 @@
 gradients to the weights, the prompt set C, and the world base classifying its own renders."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -10,8 +9,8 @@ from diffusers import DDPMScheduler
 
 from lifelong_diffusion.dc_score import (concept_prompt_set, dc_log_probs, log_probs,
                                          predict_per_prompt, shared_noising)
-from lifelong_diffusion.base_model import load_pipeline
-from lifelong_diffusion.train import encode_latents, tokenize
+from lifelong_diffusion.backbone import Backbone, Conditioning
+from lifelong_diffusion.train import encode_latents
 from lifelong_diffusion.world.render import render, sample_scene
 
 SCHEDULER = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
@@ -32,10 +31,10 @@ def test_prompts_are_one_batched_call_in_latent_prompt_order():
 
     def eps_fn(noisy, t, cond):
         calls.append(len(noisy))
-        return noisy + cond[:, 0, 0].view(-1, 1, 1, 1)
+        return noisy + cond.states[:, 0, 0].view(-1, 1, 1, 1)
 
     noisy, t = torch.randn(2, 4, 3, 3), torch.full((2,), 500)
-    embeddings = torch.arange(3.0).view(3, 1, 1).expand(3, 5, 7)
+    embeddings = Conditioning(torch.arange(3.0).view(3, 1, 1).expand(3, 5, 7))
     out = predict_per_prompt(eps_fn, noisy, t, embeddings)
     assert calls == [6] and out.shape == (2, 3, 4, 3, 3)
     for b in range(2):
@@ -52,8 +51,8 @@ def test_log_probs_are_a_softmax_of_negative_mean_squared_errors():
 
 def test_gradients_flow_to_the_model():
     weight = torch.nn.Parameter(torch.tensor(0.5))
-    unet = lambda noisy, t, cond: SimpleNamespace(sample=weight * noisy + cond.mean((1, 2)).view(-1, 1, 1, 1))
-    out = dc_log_probs(unet, SCHEDULER, torch.randn(2, 4, 3, 3), torch.randn(3, 5, 7),
+    eps_fn = lambda noisy, t, cond: weight * noisy + cond.states.mean((1, 2)).view(-1, 1, 1, 1)
+    out = dc_log_probs(eps_fn, SCHEDULER, torch.randn(2, 4, 3, 3), Conditioning(torch.randn(3, 5, 7)),
                        torch.Generator().manual_seed(0))
     out[:, 0].sum().backward()
     assert out.shape == (2, 3) and torch.allclose(out.exp().sum(1), torch.ones(2))
@@ -80,16 +79,17 @@ def test_the_world_base_tells_the_colour_of_its_own_renders():
     on the shipped base with 1 and 2 threads. (A naive LoRA's identifier is not a good
     subject: on the world base the adapter changes the class prompt as much as the
     identifier prompt, so their errors tie.)"""
-    pipe = load_pipeline("world", "cpu")
+    backbone = Backbone.load("world", "cpu")
     colors = ("red", "blue", "green")
     rng = np.random.default_rng(0)
     hits = []
     with torch.no_grad():
-        embeddings = pipe.text_encoder(tokenize(pipe.tokenizer, [f"a photo of a {c} star" for c in colors]))[0]
+        embeddings = backbone.encode([f"a photo of a {c} star" for c in colors])
         for k, color in enumerate(colors):
             renders = [render(sample_scene(rng, shape="star", color=color, spread=0.3)) for _ in range(4)]
             gen = torch.Generator().manual_seed(0)
-            x0 = encode_latents(pipe, renders)
-            mean = sum(dc_log_probs(pipe.unet, pipe.scheduler, x0, embeddings, gen) for _ in range(4))
+            x0 = encode_latents(backbone, renders)
+            mean = sum(dc_log_probs(backbone.predict, backbone.scheduler, x0, embeddings, gen)
+                       for _ in range(4))
             hits += (mean.argmax(1) == k).tolist()
     assert sum(hits) >= 10, hits

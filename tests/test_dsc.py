@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lifelong_diffusion.base_model import load_pipeline
+from lifelong_diffusion.backbone import Backbone
 from lifelong_diffusion.lora import STUDENT, adapter_parameters
 from lifelong_diffusion.methods import StepContext
 from lifelong_diffusion.methods.dsc import Dsc
@@ -44,15 +44,15 @@ def test_first_step_has_no_regularizer(steps):
 def test_zero_while_student_equals_teacher_then_a_gradient_once_it_moves(steps):
     out, processed = steps
     prev = load_snapshot(out / "s1")
-    pipe = load_pipeline(prev.base_model, "cpu")
+    backbone = Backbone.load(prev.base_model, "cpu")
     concept = read_processed_concept(processed / C2)
     method = Dsc(prompts_per_step=3)
-    student = Student(pipe, prev, concept, NAIVE, method)
-    method.prepare(student, prev, concept, encode_latents(pipe, concept.images))
+    student = Student(backbone, prev, concept, NAIVE, method)
+    method.prepare(student, prev, concept, encode_latents(backbone, concept.images))
     assert len(method.embeddings) == 3  # class prompts of both concepts, C1's identifier prompt
-    ctx = StepContext(pipe.unet, None, None, None, None, student.teacher_eps, 0)
+    ctx = StepContext(backbone.unet, None, None, None, None, student.student_eps, student.teacher_eps, 0)
     assert method.regularizer(ctx).item() == pytest.approx(0.0, abs=1e-9)
-    params = adapter_parameters(pipe.unet, STUDENT)
+    params = adapter_parameters(backbone.unet, STUDENT)
     with torch.no_grad():
         for p in params:
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lifelong_diffusion.base_model import load_pipeline
+from lifelong_diffusion.backbone import Backbone
 from lifelong_diffusion.lora import STUDENT, named_adapter_parameters, set_adapter_weights
 from lifelong_diffusion.methods.ewc import FISHER, Ewc, stored_fisher
 from lifelong_diffusion.snapshot import load_snapshot, read_train_log
@@ -37,10 +37,10 @@ def run(world_concepts, tiny_start):
 def student_for(prev_dir, processed, method):
     """The student of step C2 on top of `prev_dir`, as train_concept builds it, prepared."""
     prev = load_snapshot(prev_dir)
-    pipe = load_pipeline(prev.base_model, "cpu")
+    backbone = Backbone.load(prev.base_model, "cpu")
     concept = read_processed_concept(processed / C2)
-    student = Student(pipe, prev, concept, EWC, method)
-    method.prepare(student, prev, concept, encode_latents(pipe, concept.images))
+    student = Student(backbone, prev, concept, EWC, method)
+    method.prepare(student, prev, concept, encode_latents(backbone, concept.images))
     return student, concept
 
 
@@ -69,7 +69,7 @@ def test_fisher_accumulates_online_with_gamma(run):
     student, concept = student_for(out / "ewc1", processed, method)
     set_adapter_weights(student.unet, STUDENT, s2.adapter)  # the student as the step left it
     with torch.no_grad():
-        student.pipe.text_encoder.get_input_embeddings().weight[student.token_id] = s2.tokens[concept.token]
+        student.backbone.add_tokens({concept.token: s2.tokens[concept.token]})
     fresh = method.fisher_pass(student.unet)
     f1, f2 = stored_fisher(s1.state), stored_fisher(s2.state)
     for key, f in f2.items():

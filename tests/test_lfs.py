@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lifelong_diffusion import icgen
-from lifelong_diffusion.base_model import load_pipeline
+from lifelong_diffusion.backbone import Backbone, Conditioning
 from lifelong_diffusion.evaluate import EvalConfig, evaluate_snapshot
 from lifelong_diffusion.snapshot import load_snapshot, save_snapshot
 from lifelong_diffusion.train import TrainConfig, train_concept
@@ -22,8 +22,8 @@ EVAL = EvalConfig(seeds=[0, 1], steps=3, device="cpu")
 
 @pytest.fixture(scope="module")
 def unet_inputs():
-    pipe = load_pipeline("tiny-random", "cpu")
-    unet = pipe.unet
+    backbone = Backbone.load("tiny-random", "cpu")
+    unet = backbone.unet
     size, channels = unet.config.sample_size, unet.config.in_channels
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, channels, size, size, generator=gen)
@@ -31,7 +31,7 @@ def unet_inputs():
     context = torch.randn(3, channels, size, size, generator=gen)
     with torch.no_grad():
         plain = unet(x, torch.tensor([10, 500]), cond).sample
-    bank = icgen.attach(unet, pipe.scheduler, torch.zeros(1, 4, unet.config.cross_attention_dim))
+    bank = icgen.attach(unet, backbone.scheduler, Conditioning(torch.zeros(1, 4, unet.config.cross_attention_dim)))
     return unet, bank, x, cond, context, plain
 
 

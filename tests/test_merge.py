@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lifelong_diffusion.base_model import load_pipeline
-from lifelong_diffusion.evaluate import EvalConfig, evaluate_snapshot, personalized_pipeline
+from lifelong_diffusion.backbone import Backbone
+from lifelong_diffusion.evaluate import EvalConfig, evaluate_snapshot
+from lifelong_diffusion.generation import PersonalizedModel
 from lifelong_diffusion.folded import FOLDED, apply_folded, fold, folded_factors, lora_layers
 from lifelong_diffusion.lora import STUDENT, TEACHER, add_lora, lora_settings, using_adapter
 from lifelong_diffusion.methods import METHODS
@@ -29,7 +30,7 @@ def test_folded_update_computes_what_the_adapter_computed(lora_unet, unet_eps, u
     to the plain layer or to the base_layer under an (identity) peft adapter."""
     unet = lora_unet(0)
     with_adapter = unet_eps(unet)
-    folded = load_pipeline("tiny-random", "cpu").unet
+    folded = Backbone.load("tiny-random", "cpu").unet
     base = unet_eps(folded)
     if under_adapters:
         add_lora(folded, lora_settings(4, 8.0, ["to_q", "to_v"]), TEACHER, None)
@@ -54,7 +55,7 @@ def test_each_fold_appends_one_rank_r_pair_and_its_norm(lora_unet):
 
 
 def test_folding_into_a_layer_without_a_weight_matrix_is_a_clear_error():
-    unet = load_pipeline("tiny-random", "cpu").unet
+    unet = Backbone.load("tiny-random", "cpu").unet
     state = {f"{FOLDED}conv_norm_out/A": torch.zeros(4, 4), f"{FOLDED}conv_norm_out/B": torch.zeros(32, 4)}
     with pytest.raises(ValueError, match="conv_norm_out is a GroupNorm.*Linear and Conv2d"):
         apply_folded(unet, state)
@@ -66,7 +67,7 @@ def test_a_folded_update_of_another_base_model_is_a_clear_error(lora_unet):
     state[path] = torch.zeros(4, 7)
     state[path[:-1] + "B"] = torch.zeros(3, 4)
     with pytest.raises(ValueError, match="trained on another base model"):
-        apply_folded(load_pipeline("tiny-random", "cpu").unet, state)
+        apply_folded(Backbone.load("tiny-random", "cpu").unet, state)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_snapshots_keep_growing_factors_and_no_adapter(run):
     s1, s2 = load_snapshot(out / C1), load_snapshot(out / C2)
     assert s1.adapter == {} and s2.adapter == {}
     f1, f2 = folded_factors(s1.state), folded_factors(s2.state)
-    unet = load_pipeline("tiny-random", "cpu").unet
+    unet = Backbone.load("tiny-random", "cpu").unet
     add_lora(unet, lora_settings(RANK, CFG.lora_alpha, CFG.lora_targets), STUDENT, None)
     assert f1.keys() == f2.keys() == lora_layers(unet, STUDENT).keys()  # every LoRA target layer
     for path, (b, a) in f2.items():
@@ -109,17 +110,17 @@ def test_merged_snapshot_evaluates_as_the_trained_student(run, unet_eps):
     """merge's first step trains exactly like naive's (fresh adapter, no regularizer): the
     merged model must compute what naive's adapter computes."""
     out, _ = run
-    merged = personalized_pipeline(load_snapshot(out / C1), "cpu").unet
-    student = personalized_pipeline(load_snapshot(out / "naive"), "cpu").unet
+    merged = PersonalizedModel(load_snapshot(out / C1)).backbone.unet
+    student = PersonalizedModel(load_snapshot(out / "naive")).backbone.unet
     torch.testing.assert_close(unet_eps(merged), unet_eps(student), atol=1e-5, rtol=1e-4)
 
 
 def test_second_teacher_is_the_first_merged_model_and_student_starts_there(run, unet_eps):
     out, seen = run
-    merged = personalized_pipeline(load_snapshot(out / C1), "cpu").unet
+    merged = PersonalizedModel(load_snapshot(out / C1)).backbone.unet
     torch.testing.assert_close(seen["teacher"], unet_eps(merged), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(seen["student"], seen["teacher"], atol=1e-6, rtol=1e-5)
-    base = load_pipeline("tiny-random", "cpu").unet
+    base = Backbone.load("tiny-random", "cpu").unet
     assert not torch.allclose(seen["teacher"], unet_eps(base), atol=1e-4)  # S_1 is not the base
 
 

@@ -22,8 +22,8 @@ def test_naive_adds_nothing():
     method = build_method("naive")
     unet = torch.nn.Linear(2, 2)
     x = torch.zeros(1, 2)
-    ctx = StepContext(unet=unet, noisy_latents=x, timesteps=torch.zeros(1), text_embeddings=x,
-                      prediction=x, teacher=lambda *a: x, step=0)
+    ctx = StepContext(unet=unet, noisy_latents=x, timesteps=torch.zeros(1), conditioning=x,
+                      prediction=x, student=lambda *a: x, teacher=lambda *a: x, step=0)
     assert method.regularizer(ctx) is None
     assert method.state_after_step(unet, None, None) == {}
 

@@ -134,12 +134,10 @@ def test_older_token_is_frozen(s1, s2):
 
 def test_new_token_is_trained(run, s2):
     """With steps=0 the token is its init (mean of the class word's pieces); training moves it."""
-    from lifelong_diffusion.base_model import load_pipeline
-    from lifelong_diffusion.lora import word_embedding
+    from lifelong_diffusion.backbone import Backbone
 
     zero = load_snapshot(run["adapters"] / "zero")
-    pipe = load_pipeline("tiny-random", "cpu")
-    init = word_embedding(pipe.tokenizer, pipe.text_encoder, "heart")
+    init = Backbone.load("tiny-random", "cpu").word_embedding("heart")
     assert torch.allclose(zero.tokens["<c2>"], init)
     assert not torch.allclose(s2.tokens["<c2>"], init)
 

@@ -22,4 +22,14 @@ def build_method(name: str, params: dict | None = None) -> Method:
     return METHODS[name](**(params or {}))
 
 
-__all__ = ["METHODS", "Method", "StepContext", "build_method"]
+def snapshot_method(snap) -> type[Method]:
+    """The class whose generation hooks give `snap` its meaning (S_0: the base as it is)."""
+    if snap.step == 0:
+        return Method
+    if snap.method not in METHODS:
+        raise ValueError(f"snapshot '{snap.name}' was written by method '{snap.method}', which "
+                         f"this version does not have ({', '.join(sorted(METHODS))})")
+    return METHODS[snap.method]
+
+
+__all__ = ["METHODS", "Method", "StepContext", "build_method", "snapshot_method"]

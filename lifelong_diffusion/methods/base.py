@@ -1,16 +1,53 @@
-"""The interface every method implements: a regularizer added to the denoising loss, and the
-state it carries to the next step. The shared step (train.py) owns everything else."""
+"""The contract every method implements (docs/methods.md#adding-a-method).
+
+Training: a regularizer added to the denoising loss and the state carried to the next step;
+the shared step (train.py) owns everything else and hands the method a `TrainingView`.
+Generation: how a snapshot of this method becomes a generating model (`fold_into_base`,
+`load_for_generation`, `prompt_scope`). Evaluation, `lifelong generate`, the MLflow model and
+export call these hooks and nothing else, so a method that changes inference changes only
+its own file.
+"""
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 
+from ..lora import STUDENT, add_lora
+
 if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..backbone import Backbone, Conditioning, EpsFn
     from ..snapshot import Snapshot
-    from ..train import Concept, Student
+
+
+class ConceptView(Protocol):
+    """The concept being learnt: only its own photos, never an earlier concept's."""
+
+    name: str
+    token: str
+    class_word: str
+    images: list["Image.Image"]
+
+
+class TrainingView(Protocol):
+    """What a method may use of the step in progress (train.Student is one)."""
+
+    backbone: "Backbone"  # encode, predict, scheduler, latent shape
+    unet: torch.nn.Module  # holds the teacher and student adapters
+    snr_gamma: float | None
+
+    def embed_prompts(self, prompts: list[str]) -> "Conditioning":
+        """Conditioning of fixed prompts, without gradient."""
+
+    def student_eps(self, noisy: torch.Tensor, t: torch.Tensor, cond: "Conditioning") -> torch.Tensor:
+        """The student's prediction, with gradient."""
+
+    def teacher_eps(self, noisy: torch.Tensor, t: torch.Tensor, cond: "Conditioning") -> torch.Tensor:
+        """The frozen S_{t-1}'s prediction, without gradient."""
 
 
 @dataclass
@@ -20,9 +57,10 @@ class StepContext:
     unet: torch.nn.Module
     noisy_latents: torch.Tensor
     timesteps: torch.Tensor
-    text_embeddings: torch.Tensor
+    conditioning: "Conditioning"
     prediction: torch.Tensor
-    teacher: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # no-grad eps
+    student: "EpsFn"  # with grad
+    teacher: "EpsFn"  # no grad
     step: int
 
 
@@ -34,10 +72,11 @@ class Method:
     #: snapshot then keeps no adapter, so the next teacher is base + folded update alone
     keeps_adapter: ClassVar[bool] = True
     #: init of the new identifier token: "class_word" (mean embedding of the class word's
-    #: pieces) or "random" (C-LoRA); see lora.initial_embedding
+    #: pieces) or "random" (C-LoRA); see Backbone.initial_embedding
     token_init: ClassVar[str] = "class_word"
 
-    def prepare(self, student: "Student", prev: "Snapshot", concept: "Concept",
+    # -- training -----------------------------------------------------------------------
+    def prepare(self, student: TrainingView, prev: "Snapshot", concept: ConceptView,
                 latents: torch.Tensor) -> None:
         """Called once before the first optimizer step, with teacher and student in place and
         the concept's latents encoded (photos, then their mirror images)."""
@@ -50,7 +89,7 @@ class Method:
         """Extra loss for this optimizer step; None adds nothing."""
         return None
 
-    def state_after_step(self, unet, prev: "Snapshot", concept: "Concept") -> dict[str, torch.Tensor]:
+    def state_after_step(self, unet, prev: "Snapshot", concept: ConceptView) -> dict[str, torch.Tensor]:
         """Tensors to keep in the snapshot for the next step (Fisher, anchors, adapters, ...)."""
         return {}
 
@@ -58,3 +97,24 @@ class Method:
         """Method figures for the step's train_log.json (e.g. Fisher-pass seconds, update
         norms); read after `state_after_step`."""
         return {}
+
+    # -- generation: what a snapshot of this method means ---------------------------------
+    @classmethod
+    def fold_into_base(cls, unet, snap: "Snapshot") -> None:
+        """Change the base weights the way the snapshot says (merge, clora: add the folded
+        updates). Training calls it too: the teacher S_{t-1} is built on top of it."""
+
+    @classmethod
+    def load_for_generation(cls, backbone: "Backbone", snap: "Snapshot") -> None:
+        """Turn the freshly loaded base into S_t: base changes, tokens, the snapshot's adapter."""
+        cls.fold_into_base(backbone.unet, snap)
+        backbone.add_tokens(snap.tokens)
+        if snap.adapter:
+            add_lora(backbone.unet, snap.lora, STUDENT, snap.adapter)
+            backbone.unet.set_adapter(STUDENT)
+
+    @classmethod
+    def prompt_scope(cls, backbone: "Backbone", snap: "Snapshot", token: str | None):
+        """Context manager around generating a prompt that holds `token` (None: no learned
+        token, e.g. a class prompt): pick the concept's adapter, attach its context, ..."""
+        return nullcontext()

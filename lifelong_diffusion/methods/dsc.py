@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..dc_score import (CLASS_PROMPT, IDENTIFIER_PROMPT, TEMPERATURE, log_probs, predict_per_prompt,
-                        shared_noising, unet_eps)
+                        shared_noising)
 from .base import Method, StepContext
 from .lfs_kd import relevant_prompts
 
@@ -44,7 +44,7 @@ class Dsc(Method):
         self.generator = torch.Generator().manual_seed(seed)
 
     def prepare(self, student, prev, concept, latents) -> None:
-        self.latents, self.scheduler, self.embeddings = latents, student.pipe.scheduler, None
+        self.latents, self.scheduler, self.embeddings = latents, student.backbone.scheduler, None
         if not prev.concepts:  # first concept: nothing to consolidate
             return
         prompts = relevant_prompts(prev.concepts, concept.class_word, CLASS_PROMPT, IDENTIFIER_PROMPT)
@@ -57,13 +57,13 @@ class Dsc(Method):
         x0, embeddings = self._draw()
         noisy, t, target = shared_noising(self.scheduler, x0, self.generator)
         teacher = predict_per_prompt(ctx.teacher, noisy, t, embeddings)
-        student = predict_per_prompt(unet_eps(ctx.unet), noisy, t, embeddings)
+        student = predict_per_prompt(ctx.student, noisy, t, embeddings)
         kl = F.kl_div(log_probs(student, target, self.temperature),
                       log_probs(teacher, target, self.temperature),
                       log_target=True, reduction="batchmean")
         return self.weight * kl + self.beta * F.mse_loss(student.float(), teacher.float())
 
-    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draw(self):
         """This step's latents (with replacement) and prompts (without)."""
         pick = torch.randint(0, len(self.latents), (self.batch_size,), generator=self.generator)
         order = torch.randperm(len(self.embeddings), generator=self.generator)

@@ -89,13 +89,14 @@ class FisherPenalty(Method):
         generator = torch.Generator().manual_seed(self.seed)
         for x0 in self.latents.split(1):
             for _ in range(self.draws):
-                grads = torch.autograd.grad(self.log_likelihood(unet, x0, generator),
+                grads = torch.autograd.grad(self.log_likelihood(x0, generator),
                                             list(params.values()))
                 for key, grad in zip(sums, grads):
                     sums[key] += grad.detach().pow(2)
         return normalised(sums)
 
-    def log_likelihood(self, unet, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def log_likelihood(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The log-likelihood of one latent under the student, with gradient."""
         raise NotImplementedError
 
     def train_log(self) -> dict:
@@ -108,12 +109,12 @@ class Ewc(FisherPenalty):
 
     name = "ewc"
 
-    def log_likelihood(self, unet, x0, generator):
-        scheduler = self.student.pipe.scheduler
+    def log_likelihood(self, x0, generator):
+        scheduler = self.student.backbone.scheduler
         noisy, t, target = shared_noising(scheduler, x0, generator,
                                           (0, scheduler.config.num_train_timesteps - 1))
         prompt = IDENTIFIER_PROMPT.format(token=self.concept.token, class_word=self.concept.class_word)
-        pred = unet(noisy, t, self.student.embed_prompts([prompt])).sample
+        pred = self.student.student_eps(noisy, t, self.student.embed_prompts([prompt]))
         weight = snr_weight(scheduler, t.cpu(), self.student.snr_gamma).to(pred)
         return -(weight * F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2, 3))).sum()
 
@@ -130,10 +131,10 @@ class EwcDC(FisherPenalty):
         super().__init__(**params)
         self.past_prompts, self.temperature = past_prompts, temperature
 
-    def log_likelihood(self, unet, x0, generator):
+    def log_likelihood(self, x0, generator):
         prompts = concept_prompt_set(self.concept.token, self.concept.class_word, self.past,
                                      self.past_prompts, generator)
-        log_p = dc_log_probs(unet, self.student.pipe.scheduler, x0,
+        log_p = dc_log_probs(self.student.student_eps, self.student.backbone.scheduler, x0,
                              self.student.embed_prompts(prompts), generator,
                              temperature=self.temperature)
         return log_p[0, -1]  # the current identifier prompt is last in C

@@ -8,7 +8,7 @@ the next teacher is exactly what was evaluated.
 """
 from __future__ import annotations
 
-from ..folded import fold, lora_layers, update_norms
+from ..folded import apply_folded, fold, lora_layers, update_norms
 from ..lora import STUDENT
 from .base import Method
 
@@ -33,3 +33,8 @@ class Folding(Method):
         lost plasticity (each train_log.json holds the whole history)."""
         norms = update_norms(self.state)
         return {"update_norm": norms[-1], "update_norms": norms}
+
+    @classmethod
+    def fold_into_base(cls, unet, snap) -> None:
+        """S_t = base + every folded update (the snapshot keeps no adapter)."""
+        apply_folded(unet, snap.state)

@@ -21,6 +21,7 @@ import torch
 from .. import icgen
 from .lfs_kd import LfsKD
 
+
 class Lfs(LfsKD):
     name = "lfs"
 
@@ -32,7 +33,7 @@ class Lfs(LfsKD):
     def prepare(self, student, prev, concept, latents) -> None:
         super().prepare(student, prev, concept, latents)
         self.photos = latents[: len(concept.images)]  # train.encode_latents: photos, then any mirrors
-        self.bank = icgen.attach(student.unet, student.pipe.scheduler, self.uncond, seed=0)
+        self.bank = icgen.attach(student.unet, self.scheduler, self.uncond, seed=0)
 
     def conditioning(self, picked: torch.Tensor):
         """Context for one denoising forward: photos not in the batch, at most context_images."""
@@ -48,3 +49,16 @@ class Lfs(LfsKD):
             return {}
         banks = {k: v for k, v in prev.state.items() if k.startswith(icgen.BANK)}
         return {**banks, f"{icgen.BANK}{concept.token}": self.photos[: self.bank_size].detach().clone()}
+
+    @classmethod
+    def prompt_scope(cls, backbone, snap, token):
+        """A concept's prompt attends to its context bank (ICGen); other prompts, and
+        snapshots kept without a bank, generate without context."""
+        latents = snap.state.get(f"{icgen.BANK}{token}")
+        if latents is None:
+            return nullcontext()
+        with torch.no_grad():
+            uncond = backbone.unconditional()
+        bank = icgen.attach(backbone.unet, backbone.scheduler, uncond)
+        bank.generator.manual_seed(0)  # the context's noise is part of the fixed evaluation seeds
+        return bank.conditioning(latents.to(backbone.device, torch.float32))

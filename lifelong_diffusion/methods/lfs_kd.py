@@ -7,7 +7,7 @@ one ("a photo of a star") and the identifier prompt of every earlier concept ("a
 pulls the student's prediction towards the teacher's on the same input. No image of an
 earlier concept is read: the teacher's own samples stand in for them.
 
-Choices where METHODS.md is silent (defaults measured on the world preset, reports/):
+Choices where the paper is silent (defaults measured on the world preset, reports/):
 - the cache is drawn once per step (lifelong step, i.e. per concept), with the same DDIM
   sampler and guidance as evaluation, so the student is held to what the teacher really
   generates for those prompts;
@@ -49,14 +49,16 @@ class LfsKD(Method):
     def prepare(self, student, prev, concept, latents) -> None:
         prompts = relevant_prompts(prev.concepts, concept.class_word, self.class_prompt,
                                    self.identifier_prompt)
-        # none of these prompts holds the new token: constant embeddings
-        embeddings = student.embed_prompts(prompts + [""])
-        cond = embeddings[:-1].repeat_interleave(self.samples_per_prompt, 0)
-        self.scheduler, self.uncond = student.pipe.scheduler, embeddings[-1:]
-        with using_adapter(student.unet, TEACHER, restore=STUDENT):
-            self.latents = sample_latents(student.unet, self.scheduler, cond, self.uncond,
-                                          self.sampler_steps, self.guidance_scale, self.generator)
-        self.cond = cond
+        backbone = student.backbone
+        # none of these prompts holds the new token: constant conditioning
+        self.cond = student.embed_prompts(prompts).repeat_interleave(self.samples_per_prompt)
+        with torch.no_grad():
+            self.uncond = backbone.unconditional()
+        self.scheduler = backbone.scheduler
+        with using_adapter(student.unet, TEACHER, restore=STUDENT), backbone.autocast():
+            self.latents = sample_latents(backbone.predict, self.scheduler, self.cond, self.uncond,
+                                          backbone.latent_shape, self.sampler_steps,
+                                          self.guidance_scale, self.generator)
 
     def regularizer(self, ctx: StepContext) -> torch.Tensor:
         pick = torch.randint(0, len(self.latents), (self.batch_size,), generator=self.generator)
@@ -66,5 +68,5 @@ class LfsKD(Method):
                           generator=self.generator).to(x0.device)
         noisy = self.scheduler.add_noise(x0, noise, t)
         target = ctx.teacher(noisy, t, cond)
-        pred = ctx.unet(noisy, t, cond).sample
+        pred = ctx.student(noisy, t, cond)
         return self.weight * F.mse_loss(pred.float(), target.float())

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from ..backbone import Conditioning, unet_forward
 from ..diffusion import denoising_target, snr_weight
 from ..tokenizer import build_clip_tokenizer
 from .render import COLORS, HELDOUT_COMBOS, SHAPES, _article, base_dataset
@@ -317,7 +318,7 @@ def diffusion_step(unet, text: TextConditioner, scheduler, opt, x0: torch.Tensor
     """One step; a jointly trained text encoder gets gradients through cross-attention only."""
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=gen)
-    pred = unet(scheduler.add_noise(x0, noise, t), t, text(texts)).sample
+    pred = unet_forward(unet, scheduler.add_noise(x0, noise, t), t, Conditioning(text(texts)))
     per_sample = F.mse_loss(pred, denoising_target(scheduler, x0, noise, t), reduction="none").mean((1, 2, 3))
     loss = (per_sample * snr_weight(scheduler, t, gamma)).mean()
     opt.zero_grad(set_to_none=True)
