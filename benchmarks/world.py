@@ -28,7 +28,8 @@ import torch
 import yaml
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from lifelong_diffusion.evaluate import EvalConfig, generate, personalized_pipeline
+from lifelong_diffusion.evaluate import EvalConfig, generate
+from lifelong_diffusion.generation import PersonalizedModel
 from lifelong_diffusion.grid import image_grid
 from lifelong_diffusion.ingest import ingest_concept
 from lifelong_diffusion.presets import WORLD_DIR
@@ -132,10 +133,10 @@ def concept_after_lora(world_dir: Path, concept: str, work: Path, overrides: dic
     train_concept(work / "adapters" / "base", work / "processed" / concept, work / "adapters" / concept,
                   cfg, progress=False)
     seconds = time.perf_counter() - start
-    pipe = personalized_pipeline(load_snapshot(work / "adapters" / concept), "cpu")
+    model = PersonalizedModel(load_snapshot(work / "adapters" / concept), "cpu")
     eval_cfg = EvalConfig(seeds=list(range(n_seeds)))
-    concept_images = generate(pipe, eval_cfg.prompt.format(token=spec.token, class_word=spec.class_word), eval_cfg)
-    class_images = generate(pipe, eval_cfg.text_prompt.format(class_word=spec.class_word), eval_cfg)
+    concept_images = generate(model, eval_cfg.prompt.format(token=spec.token, class_word=spec.class_word), eval_cfg)
+    class_images = generate(model, eval_cfg.text_prompt.format(class_word=spec.class_word), eval_cfg)
     classifier = attributes.load(world_dir / "attributes.safetensors")
     reads, class_reads = attributes.predict(classifier, concept_images), attributes.predict(classifier, class_images)
     if grid:

@@ -27,7 +27,8 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from benchmarks.world import concept_after_lora
 from lifelong_diffusion.presets import WORLD_DIR
-from lifelong_diffusion.train import encode_latents, tokenize
+from lifelong_diffusion.backbone import Backbone
+from lifelong_diffusion.train import encode_latents
 from lifelong_diffusion.world import CONCEPTS, COLORS, SHAPES, attributes, render_concept_images
 from lifelong_diffusion.world.concepts import PHOTO_SPREAD, concept_scenes
 from lifelong_diffusion.world.pretrain import PretrainConfig
@@ -56,7 +57,7 @@ def read(classifier, images, truth: list[Scene]) -> dict:
 def vae_ceiling(pipe, classifier, photo_seed: int) -> dict:
     scenes = [s for spec in CONCEPTS for s in concept_scenes(spec, 5, photo_seed)]
     photos = [im for spec in CONCEPTS for im in render_concept_images(spec, 5, photo_seed, size=32)]
-    latents = encode_latents(pipe, photos) / pipe.vae.config.scaling_factor
+    latents = encode_latents(Backbone(pipe), photos) / pipe.vae.config.scaling_factor
     recon = pipe.vae.decode(latents).sample.clamp(-1, 1)
     return {"photos": read(classifier, photos, scenes),
             "reconstructions": read(classifier, (recon + 1) / 2, scenes)}
@@ -87,7 +88,7 @@ def base_prompts(pipe, classifier, n_seeds: int) -> dict:
 def text_binding(pipe) -> dict:
     """Mean cosine similarity of the text states between prompts that differ in one word."""
     def states(texts):
-        return pipe.text_encoder(tokenize(pipe.tokenizer, texts))[0].flatten(1)
+        return Backbone(pipe).encode(texts).states.flatten(1)
     cls = torch.nn.functional.normalize(states([f"a photo of a {s}" for s in SHAPES]), dim=-1)
     full = torch.nn.functional.normalize(states([f"a red {s} on a gray background" for s in SHAPES]), dim=-1)
     off_diag = ~torch.eye(len(SHAPES), dtype=torch.bool)
