@@ -1,8 +1,8 @@
 """Diffusion-classifier (DC) score: how strongly the model attributes latents to each prompt.
 
 P_phi(c_i | x) = softmax_i(-e_i / temperature), e_i the denoising error of x under prompt i
-(METHODS.md). ewc_dc takes the gradient of its log for a Fisher; dsc matches the teacher's
-distribution. Choices where METHODS.md is silent:
+(docs/methods.md#diffusion-classifier-score). ewc_dc takes the gradient of its log for a Fisher; dsc matches the teacher's
+distribution. Choices where the paper is silent:
 - one timestep s and one noise eps (the shape of a single latent) per call, broadcast over
   the whole batch and every prompt: prompts are then compared on exactly the same x_s, so
   their errors differ only by the prompt;
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .backbone import Conditioning, EpsFn
 from .diffusion import denoising_target
 
-T_RANGE = (100, 900)  # METHODS.md: s in [100, 900]
+T_RANGE = (100, 900)  # the paper's range of s
 CLASS_PROMPT = "a photo of a {class_word}"
 IDENTIFIER_PROMPT = "a photo of {token} {class_word}"
 TEMPERATURE = 0.01

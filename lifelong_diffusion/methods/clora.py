@@ -6,9 +6,9 @@ step; while it trains, the penalty
     weight * sum_l || P_l ⊙ (s B_t A_t) ||_F^2,   P_l = sum_{tau<t} s B_tau A_tau  (folded so far)
 
 keeps the new update off the weight entries earlier concepts already changed. The new
-identifier token starts random (METHODS.md; lora.initial_embedding).
+identifier token starts random (docs/methods.md#clora; Backbone.initial_embedding).
 
-Choices where METHODS.md is silent:
+Choices where the paper is silent:
 - P_l is the dense folded update, built once per step in `prepare` without grad and kept on
   the UNet's device (about 370 MB in float32 for SD-1.5's attention projections); the
   current update s B_t A_t is formed densely per optimizer step so the gradient is exact.

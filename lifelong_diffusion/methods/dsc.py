@@ -7,10 +7,10 @@ one batched UNet call each. The regularizer is
 P the DC-score distribution over those prompts (dc_score.py). The KL keeps how the model
 tells past concepts apart; the MSE keeps what it predicts under their prompts.
 
-Choices where METHODS.md is silent:
+Choices where the papers are silent (docs/methods.md#dsc):
 - prompts: the relevant set of lfs_kd (class prompts of every concept so far, the new one's
   included, then the past identifier prompts), so relevant-concept drift is held back as
-  well; the MSE covers all of them ("past concepts' prompts" of METHODS.md), not only the
+  well; the MSE covers all of them ("past concepts' prompts" of the method's definition), not only the
   identifier prompts;
 - inputs: the concept's clean latents re-noised here, not the training batch: StepContext
   does not carry the batch's noise, which the DC score's errors are measured against, and
@@ -18,7 +18,7 @@ Choices where METHODS.md is silent:
   s in [100, 900];
 - cost: `batch_size` latents x `prompts_per_step` prompts (drawn per step without
   replacement) bound the extra UNet work; the defaults (1 x 3 beside a denoising batch of 4)
-  keep a step within the 2.5x of naive that METHODS.md targets.
+  keep a step within 2.5x of naive (the project's cost target).
 """
 from __future__ import annotations
 

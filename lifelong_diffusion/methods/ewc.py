@@ -8,7 +8,7 @@ over the concept's latents (photos and mirrors) gives F_t, and F <- gamma * F_{t
 The two methods differ only in the log-likelihood whose squared gradient makes the Fisher:
 `ewc` the denoising loss the step trains with, `ewc_dc` the DC score log P(c_t | x).
 
-Choices where METHODS.md is silent:
+Choices where the papers are silent (docs/methods.md#ewc):
 - the empirical Fisher is taken per latent and per draw (one backward each, `draws` draws of
   (s, eps) per latent), never from a batch-summed gradient, whose square is not a Fisher;
 - F_t is divided by its mean over all entries before it is accumulated, so each concept
