@@ -1,4 +1,4 @@
-"""Continual-learning summaries of the score matrix R[t][j] (METHODS.md, "Evaluation").
+"""Continual-learning summaries of the score matrix R[t][j] (docs/methods.md#metrics).
 
 R[t][j] is the score of concept j after step t (rows: steps 1..T, columns: concepts in
 learning order; None where j > t, the concept is not learned yet).
@@ -119,6 +119,33 @@ def percentile_interval(values: list[float | None]) -> list[float] | None:
     if any(v is None for v in values):
         return None
     return [float(q) for q in np.percentile(values, [2.5, 97.5])]
+
+
+def sequence_figures(base_metrics: dict, step_metrics: list[dict]) -> dict:
+    """Per score scored at every step: R (and its concepts) with A, LA, F, BWT and their 95%
+    intervals (`A_ci`, ...); and `drift` per score with `drift_ci`. What continual.json holds,
+    and what a registered version's page shows for the steps so far."""
+    keys = [k for k in SCORES if all(k in v for m in step_metrics for v in m["per_concept"].values())]
+    intervals = bootstrap_intervals(base_metrics, step_metrics, keys) or {}
+    figures = {}
+    for key in keys:
+        names, R = score_matrix(step_metrics, key)
+        ci = intervals.get(key, {})
+        figures[key] = {**summarize(R), **{f"{k}_ci": ci.get(k) for k in FIGURES},
+                        "concepts": names, "R": R}
+    figures["drift"] = {key: {**d, "drift_ci": intervals.get("drift", {}).get(key)} for key in SCORES
+                        if (d := relevant_drift(base_metrics, step_metrics[-1], key)) is not None}
+    return figures
+
+
+def mean_interval(values: list[float] | None, resamples: int = RESAMPLES,
+                  seed: int = BOOTSTRAP_SEED) -> list[float] | None:
+    """95% bootstrap interval of the mean of one prompt's per-seed values; None without them."""
+    if not values:
+        return None
+    arr = np.asarray(values, float)
+    idx = np.random.default_rng(seed).integers(0, len(arr), size=(resamples, len(arr)))
+    return percentile_interval(arr[idx].mean(axis=1).tolist())
 
 
 def curve_rows(base_metrics: dict, step_metrics: list[dict], keys: list[str]) -> list[dict]:

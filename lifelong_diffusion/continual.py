@@ -6,8 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from .cl_metrics import (FIGURES, SCORES, bootstrap_intervals, curve_rows, relevant_drift,
-                         score_matrix, summarize)
+from .cl_metrics import SCORES, curve_rows, sequence_figures
 from .plots import curves, r_heatmaps
 
 SUMMARY, CURVES, HEATMAP, CURVE_PLOT = "continual.json", "curves.csv", "R_heatmap.png", "curves.png"
@@ -17,16 +16,10 @@ def continual_report(base_metrics: dict, step_metrics: list[dict], out_dir: Path
     """Summaries of R per score plus relevant-concept drift, each figure with its 95% bootstrap
     interval over seeds (`A_ci`, ..., `drift_ci`: [lo, hi], null for metrics.json without
     per-seed values); writes the four files into out_dir."""
-    keys = [k for k in SCORES if all(k in v for m in step_metrics for v in m["per_concept"].values())]
-    summary = {"steps": len(step_metrics), "meaningful": all(m["meaningful"] for m in step_metrics)}
-    intervals = bootstrap_intervals(base_metrics, step_metrics, keys) or {}
-    matrices = {key: score_matrix(step_metrics, key) for key in keys}
-    for key, (names, R) in matrices.items():
-        ci = intervals.get(key, {})
-        summary[key] = {**summarize(R), **{f"{k}_ci": ci.get(k) for k in FIGURES},
-                        "concepts": names, "R": R}
-    summary["drift"] = {key: {**d, "drift_ci": intervals.get("drift", {}).get(key)} for key in SCORES
-                        if (d := relevant_drift(base_metrics, step_metrics[-1], key)) is not None}
+    summary = {"steps": len(step_metrics), "meaningful": all(m["meaningful"] for m in step_metrics),
+               **sequence_figures(base_metrics, step_metrics)}
+    keys = [k for k in SCORES if k in summary]
+    matrices = {key: (summary[key]["concepts"], summary[key]["R"]) for key in keys}
     rows = curve_rows(base_metrics, step_metrics, list(SCORES))  # fixed columns; blank if unscored
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")

@@ -49,6 +49,9 @@ class Project:
     def eval_dir(self, name: str) -> Path:
         return self.root / "eval" / name
 
+    def eval_metrics(self, name: str) -> dict:
+        return json.loads((self.eval_dir(name) / "metrics.json").read_text())
+
     @property
     def summary_file(self) -> Path:
         """The continual-learning summary of the whole sequence (a DVC metrics file)."""

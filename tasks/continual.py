@@ -2,7 +2,6 @@
 relevant-concept drift, curves and heatmaps)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import task
@@ -15,9 +14,5 @@ from lifelong_diffusion.project import BASE, Project
 def continual_summary(project_root: str) -> dict:
     """Reads the base's and every step's metrics.json in learning order; writes metrics/."""
     project = Project(Path(project_root))
-
-    def read(name: str) -> dict:
-        return json.loads((project.eval_dir(name) / "metrics.json").read_text())
-
-    return continual_report(read(BASE), [read(n) for n in project.sequence()],
+    return continual_report(project.eval_metrics(BASE), [project.eval_metrics(n) for n in project.sequence()],
                             project.summary_file.parent)

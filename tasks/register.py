@@ -6,7 +6,8 @@ from pathlib import Path
 
 from prefect import task
 
-from lifelong_diffusion.project import Project
+from lifelong_diffusion.cl_metrics import sequence_figures
+from lifelong_diffusion.project import BASE, Project
 from lifelong_diffusion.stamps import inputs_key
 
 from .tracking import default_tracking_uri, log_sequence_report, register_step
@@ -32,13 +33,24 @@ def _snapshot(project: Project, name: str) -> dict:
     return json.loads((project.snapshot_dir(name) / "snapshot.json").read_text())
 
 
+def figures_so_far(project: Project, name: str) -> dict | None:
+    """A, F, ... of the sequence up to and including `name`, for its version's page; None
+    until the base and every earlier step are evaluated."""
+    order = project.sequence()
+    names = [BASE, *order[: order.index(name) + 1]]
+    if not all((project.eval_dir(n) / "metrics.json").exists() for n in names):
+        return None
+    base, *steps = (project.eval_metrics(n) for n in names)
+    return sequence_figures(base, steps)
+
+
 @task(name="register")
 def register(project_root: str, name: str, is_last: bool) -> dict:
     project = Project(Path(project_root))
     snapshot = _snapshot(project, name)
     return register_step(project.snapshot_dir(name), project.eval_dir(name),
                          model_name=model_name_for(project, snapshot["method"]), is_last=is_last,
-                         **sequence_run(project, snapshot))
+                         so_far=figures_so_far(project, name), **sequence_run(project, snapshot))
 
 
 @task(name="log-continual-report")

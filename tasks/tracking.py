@@ -25,19 +25,21 @@ from mlflow.exceptions import MlflowException
 
 from lifelong_diffusion.cl_metrics import SCORES
 
+from .store import relocate_store
+from .version_page import MODEL_DESCRIPTION, VersionPage, version_page
+
 KIND = "lifelong.kind"
 SEQUENCE_ID = "lifelong.sequence_id"
 STEP = "lifelong.step"
 CONCEPT = "lifelong.concept"
 FINGERPRINT = "lifelong.fingerprint"
+INPUTS = "lifelong.inputs"  # the training inputs key: what a live run is training
+ATTACHED = "lifelong.registered"  # evaluation and model logged on the step run
 MEANINGFUL = "lifelong.meaningful"
 PARENT_RUN_ID = "mlflow.parentRunId"
 # MLflow reserves "latest" (mlflow/utils/validation.py), hence the suffix.
 LATEST_ALIAS = "latest-step"
-MODEL_DESCRIPTION = (
-    "Lifelong few-shot personalization of a text-to-image diffusion model: "
-    "one version per learned step, alias step-<t> for each, latest-step for the newest."
-)
+LOSS_FLUSH_STEPS = 25  # a live loss curve is sent in batches: one request per 25 steps
 READY_TIMEOUT_S = 300.0
 _PENDING = ModelVersionStatus.to_string(ModelVersionStatus.PENDING_REGISTRATION)
 _READY = ModelVersionStatus.to_string(ModelVersionStatus.READY)
@@ -47,7 +49,11 @@ def default_tracking_uri(project_root: Path) -> str:
     """An explicit MLFLOW_TRACKING_URI (e.g. a shared server) wins; otherwise a SQLite
     store in the project, because the model registry needs a database backend."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    return env or f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
+    if env:
+        return env
+    db = Path(project_root).resolve() / "mlflow.db"
+    relocate_store(db)  # a copied or moved project uses its own artifacts, never the old folder's
+    return f"sqlite:///{db}"
 
 
 def register_step(
@@ -59,26 +65,31 @@ def register_step(
     sequence_id: str,
     sequence_tags: dict[str, str] | None = None,
     is_last: bool = False,
+    so_far: dict | None = None,
     tracking_uri: str | None = None,
 ) -> dict:
-    """Log one finished step (snapshot + evaluation) and register it as a model version.
+    """Attach a finished step's evaluation and model to its run (the live training run, or
+    one created now) and register it as a model version whose page says what it knows
+    (`so_far`: the continual figures of the sequence up to this step).
 
     Idempotent: a step already logged with the same fingerprint is reused, not re-logged.
     """
     snapshot_dir, eval_dir = Path(snapshot_dir), Path(eval_dir)
     snapshot = _read_json(snapshot_dir / "snapshot.json")
+    page = version_page(snapshot, _read_json(eval_dir / "metrics.json"), so_far, model_name)
     client = _client(tracking_uri)
     experiment_id = _ensure_experiment(client, experiment)
     parent_id = _ensure_parent_run(
         client, experiment_id, sequence_id, snapshot["method"], sequence_tags or {}
     )
-    run_id = _find_step_run(client, experiment_id, sequence_id, snapshot)
+    run_id, attached = _find_step_run(client, experiment_id, sequence_id, snapshot)
     run_created = run_id is None
-    if run_created:
-        run_id = _log_step_run(
-            client, experiment_id, parent_id, sequence_id, snapshot, snapshot_dir, eval_dir
-        )
-    version, version_created = _ensure_version(client, model_name, run_id, snapshot)
+    if run_created:  # trained without tracking (or restored from DVC's cache): log it now
+        run_id = _create_step_run(client, experiment_id, parent_id, sequence_id, snapshot)
+        _log_training_curve(client, run_id, snapshot_dir)
+    if not attached:
+        _attach_step(client, run_id, snapshot, snapshot_dir, eval_dir, page)
+    version, version_created = _ensure_version(client, model_name, run_id, snapshot, page)
     aliases = [f"step-{snapshot['step']}"]
     client.set_registered_model_alias(model_name, aliases[0], version)
     if is_last:
@@ -219,8 +230,9 @@ def _ensure_parent_run(
 
 def _find_step_run(
     client: MlflowClient, experiment_id: str, sequence_id: str, snapshot: dict
-) -> str | None:
-    """Only FINISHED runs count: a run that died while logging is incomplete."""
+) -> tuple[str | None, bool]:
+    """(run id, whether its evaluation and model are logged) of this step's run. Only
+    FINISHED runs count: a run that died while training or logging is incomplete."""
     tags = {
         SEQUENCE_ID: sequence_id,
         KIND: "step",
@@ -231,51 +243,103 @@ def _find_step_run(
         [experiment_id],
         f"{_tag_filter(**tags)} and attributes.status = 'FINISHED'",
         max_results=1,
+        order_by=["attributes.start_time DESC"],
     )
-    return found[0].info.run_id if found else None
+    if not found:
+        return None, False
+    return found[0].info.run_id, found[0].data.tags.get(ATTACHED) == "true"
 
 
-def _log_step_run(
-    client: MlflowClient,
-    experiment_id: str,
-    parent_id: str,
-    sequence_id: str,
-    snapshot: dict,
-    snapshot_dir: Path,
-    eval_dir: Path,
-) -> str:
-    """Create the nested step run and log everything; a failure marks it FAILED so a
-    retry creates a fresh, complete run instead of reusing a partial one."""
-    eval_metrics = _read_json(eval_dir / "metrics.json")
+def _create_step_run(client: MlflowClient, experiment_id: str, parent_id: str, sequence_id: str,
+                     snapshot: dict, **tags: str) -> str:
+    """The nested run of one step (`snapshot`: its snapshot.json, or what a step in training
+    will be: step, name, concepts); its params are the training config."""
     run = client.create_run(
         experiment_id,
         run_name=f"step-{snapshot['step']}-{snapshot['name']}",
-        tags={
-            PARENT_RUN_ID: parent_id,
-            KIND: "step",
-            SEQUENCE_ID: sequence_id,
-            STEP: str(snapshot["step"]),
-            CONCEPT: snapshot["concepts"][-1]["name"],
-            FINGERPRINT: snapshot["fingerprint"],
-            MEANINGFUL: str(bool(eval_metrics.get("meaningful"))).lower(),
-        },
+        tags={PARENT_RUN_ID: parent_id, KIND: "step", SEQUENCE_ID: sequence_id,
+              STEP: str(snapshot["step"]), CONCEPT: snapshot["concepts"][-1]["name"], **tags},
     )
-    run_id = run.info.run_id
+    client.log_batch(run.info.run_id, params=_step_params(snapshot), synchronous=True)
+    return run.info.run_id
+
+
+def start_step_run(snapshot: dict, inputs: str, *, experiment: str, sequence_id: str,
+                   sequence_tags: dict[str, str] | None = None, tracking_uri: str | None = None) -> str:
+    """Open the run of a step whose training starts now (live loss curve: `LiveLoss`). A run
+    left RUNNING by a killed training of the same inputs is marked FAILED, never resumed."""
+    client = _client(tracking_uri)
+    experiment_id = _ensure_experiment(client, experiment)
+    parent_id = _ensure_parent_run(client, experiment_id, sequence_id, snapshot["method"],
+                                   sequence_tags or {})
+    stale = client.search_runs(
+        [experiment_id],
+        f"{_tag_filter(**{SEQUENCE_ID: sequence_id, KIND: 'step', INPUTS: inputs})} "
+        "and attributes.status = 'RUNNING'",
+    )
+    for run in stale:
+        client.set_terminated(run.info.run_id, "FAILED")
+    return _create_step_run(client, experiment_id, parent_id, sequence_id, snapshot, **{INPUTS: inputs})
+
+
+def end_step_run(run_id: str, fingerprint: str | None, tracking_uri: str | None = None) -> None:
+    """FINISHED with the snapshot's fingerprint (registration finds it by that), or FAILED
+    (fingerprint None: the training raised)."""
+    client = _client(tracking_uri)
+    if fingerprint is None:
+        client.set_terminated(run_id, "FAILED")
+        return
+    client.set_tag(run_id, FINGERPRINT, fingerprint)
+    client.set_terminated(run_id, "FINISHED")
+
+
+class LiveLoss:
+    """on_step callback of train_concept: the loss curve of a live step run, in batches."""
+
+    def __init__(self, run_id: str, tracking_uri: str | None = None):
+        self.client, self.run_id, self.pending = _client(tracking_uri), run_id, []
+
+    def __call__(self, step: int, loss: float, denoise: float) -> None:
+        now = int(time.time() * 1000)
+        self.pending += [Metric("train_loss", loss, now, step), Metric("train_denoise", denoise, now, step)]
+        if len(self.pending) >= 2 * LOSS_FLUSH_STEPS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.client.log_batch(self.run_id, metrics=self.pending, synchronous=True)
+            self.pending = []
+
+
+def _log_training_curve(client: MlflowClient, run_id: str, snapshot_dir: Path) -> None:
+    """The loss curve from train_log.json, for a step trained without a live run."""
+    train_log = _read_json(snapshot_dir / "train_log.json")
+    now = int(time.time() * 1000)
+    metrics = [Metric("train_loss", float(v), now, i) for i, v in enumerate(train_log["loss"])]
+    # the denoising part alone; it differs from train_loss by the method's regularizer
+    metrics += [Metric("train_denoise", float(v), now, i) for i, v in enumerate(train_log.get("denoise", []))]
+    client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+
+def _attach_step(client: MlflowClient, run_id: str, snapshot: dict, snapshot_dir: Path,
+                 eval_dir: Path, page: VersionPage) -> None:
+    """Evaluation, snapshot and model on the step's run; a failure marks the run FAILED so a
+    retry logs a fresh, complete run instead of reusing a partial one."""
+    eval_metrics = _read_json(eval_dir / "metrics.json")
     try:
-        client.log_batch(
-            run_id,
-            metrics=_step_metrics(snapshot, snapshot_dir, eval_metrics),
-            params=_step_params(snapshot),
-            synchronous=True,
-        )
+        client.log_batch(run_id, metrics=_step_metrics(snapshot, snapshot_dir, eval_metrics),
+                         synchronous=True)
         client.log_artifact(run_id, str(eval_dir / "grid.png"))
         client.log_artifact(run_id, str(eval_dir / "metrics.json"), "eval")
         client.log_artifacts(run_id, str(snapshot_dir), "snapshot")
+        client.log_text(run_id, page.description, "version.md")
+        for key, value in {FINGERPRINT: snapshot["fingerprint"], ATTACHED: "true",
+                           MEANINGFUL: str(bool(eval_metrics.get("meaningful"))).lower()}.items():
+            client.set_tag(run_id, key, value)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
-    return run_id
 
 
 def _step_params(snapshot: dict) -> list[Param]:
@@ -298,14 +362,11 @@ def _step_params(snapshot: dict) -> list[Param]:
 
 
 def _step_metrics(snapshot: dict, snapshot_dir: Path, eval_metrics: dict) -> list[Metric]:
-    """Loss curve indexed by optimizer step; the rest at the sequence step so values
-    line up across the step runs. ``log_batch`` splits into MLflow's batch limits itself."""
+    """Training time and the evaluation, at the sequence step so values line up across the
+    step runs. ``log_batch`` splits into MLflow's batch limits itself."""
     train_log = _read_json(snapshot_dir / "train_log.json")
     now, step = int(time.time() * 1000), int(snapshot["step"])
-    metrics = [Metric("train_loss", float(v), now, i) for i, v in enumerate(train_log["loss"])]
-    # the denoising part alone; it differs from train_loss by the method's regularizer
-    metrics += [Metric("train_denoise", float(v), now, i) for i, v in enumerate(train_log.get("denoise", []))]
-    metrics.append(Metric("train_seconds", float(train_log["seconds"]), now, step))
+    metrics = [Metric("train_seconds", float(train_log["seconds"]), now, step)]
     metrics += [Metric(key, value, now, step) for key, value in _numeric_leaves(eval_metrics)]
     return metrics
 
@@ -336,10 +397,10 @@ def _mlflow_key(name: str) -> str:
 
 
 def _ensure_version(
-    client: MlflowClient, model_name: str, run_id: str, snapshot: dict
+    client: MlflowClient, model_name: str, run_id: str, snapshot: dict, page: VersionPage
 ) -> tuple[str, bool]:
-    """Find the version with this snapshot's fingerprint or create it; returns
-    (version, created) once the version is READY."""
+    """Find the version with this snapshot's fingerprint or create it, with the page's
+    description and tags; returns (version, created) once the version is READY."""
     _ensure_registered_model(client, model_name)
     fingerprint = snapshot["fingerprint"]
     found = client.search_model_versions(
@@ -349,18 +410,14 @@ def _ensure_version(
         version, created = str(found[0].version), False
     else:
         source = f"{client.get_run(run_id).info.artifact_uri}/snapshot"
-        tags = {
-            "step": str(snapshot["step"]),
-            "concepts": ",".join(c["name"] for c in snapshot["concepts"]),
-            "method": snapshot["method"],
-            "base_model": snapshot["base_model"],
-            "fingerprint": fingerprint,
-        }
         version_entity = client.create_model_version(
-            model_name, source=source, run_id=run_id, tags=tags, await_creation_for=0
+            model_name, source=source, run_id=run_id, tags=page.tags,
+            description=page.description, await_creation_for=0
         )
         version, created = str(version_entity.version), True
     _wait_ready(client, model_name, version)
+    if not created:  # the page may be new (scores so far), the weights are the same
+        client.update_model_version(model_name, version, description=page.description)
     return version, created
 
 
@@ -370,6 +427,7 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
     except MlflowException as error:
         if not _already_exists(error):
             raise
+        client.update_registered_model(name, description=MODEL_DESCRIPTION)  # older wording
 
 
 def _wait_ready(client: MlflowClient, name: str, version: str) -> None:

@@ -3,6 +3,7 @@ the tiny UNet with a random LoRA adapter and a fixed input for comparing UNet fu
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,20 @@ def unet_eps():
                         cond.to(unet.device)).sample
 
     return eps
+
+
+@pytest.fixture
+def use_tracking_uri(monkeypatch):
+    """Point MLflow at a URI for one test and restore the global URI and env after."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    with contextlib.ExitStack() as stack:
+        yield lambda uri: stack.enter_context(_use_tracking_uri(uri))
+
+
+@pytest.fixture
+def sqlite_store(tmp_path, use_tracking_uri):
+    use_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path

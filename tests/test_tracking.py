@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -12,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from PIL import Image
 from safetensors.numpy import save_file
 
@@ -77,21 +75,6 @@ def register(root: Path, step: int, is_last: bool = False) -> dict:
         sequence_tags={"lifelong.method": "naive"},
         is_last=is_last,
     )
-
-
-@pytest.fixture
-def use_tracking_uri(monkeypatch):
-    """Point MLflow at a URI for one test and restore the global URI and env after."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    with contextlib.ExitStack() as stack:
-        yield lambda uri: stack.enter_context(_use_tracking_uri(uri))
-
-
-@pytest.fixture
-def sqlite_store(tmp_path, use_tracking_uri):
-    use_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return tmp_path
 
 
 def step_runs(client: MlflowClient) -> list:
