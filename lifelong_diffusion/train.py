@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -265,9 +266,10 @@ def prepare_training(prev_dir: Path, concept_dir: Path, cfg: TrainConfig) -> Tra
 
 
 def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainConfig,
-                  progress: bool = True) -> str:
+                  progress: bool = True, on_step: Callable[[int, float, float], None] | None = None) -> str:
     """Train concept t from S_{t-1} in `prev_dir` and write S_t to `out_dir`; returns its
-    fingerprint. Reads only `concept_dir` (this concept's images) and the previous snapshot."""
+    fingerprint. Reads only `concept_dir` (this concept's images) and the previous snapshot.
+    `on_step(step, loss, denoise)` sees every optimizer step (e.g. a tracker's live curve)."""
     started = time.perf_counter()
     run = prepare_training(prev_dir, concept_dir, cfg)
     loop_started = time.perf_counter()
@@ -280,6 +282,8 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
                                       run.latents, run.prompts, run.generator, step)
         losses.append(loss)
         denoise_losses.append(denoise)
+        if on_step:
+            on_step(step, loss, denoise)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # the bar itself decides when to redraw
     # Per-step cost: the method's preparation and the loop, not what a method does after
     # training (a Fisher pass), which its own train_log reports.
