@@ -7,6 +7,8 @@ A snapshot folder holds
   tokens.safetensors   one embedding row per learned identifier token
   state.safetensors    method state (Fisher, anchors, ...), absent when the method keeps none
   train_log.json       loss per optimizer step and wall time
+  diffusers/, kohya/   the same adapter and tokens as standard files for other tools
+                       (export.py; written by train.py through `extras`)
 It is written into a temporary sibling and renamed into place, so a crash never leaves a
 half-written snapshot that a later step could mistake for a finished one.
 """
@@ -16,6 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -66,9 +69,10 @@ def empty_snapshot(base_model: str) -> Snapshot:
 
 
 def save_snapshot(snap: Snapshot, folder: Path, train_log: dict | None = None,
-                  inputs: str | None = None) -> str:
+                  inputs: str | None = None, extras: Callable[[Path], None] | None = None) -> str:
     """Write `snap` atomically to `folder`; returns its fingerprint. `inputs` is the key of
-    what it was trained from (stamps.py), kept outside the fingerprint."""
+    what it was trained from (stamps.py), kept outside the fingerprint. `extras(tmp)` writes
+    further files into the temporary folder, so they appear with the snapshot or not at all."""
     fingerprint = snap.fingerprint()
     meta = {
         "format": FORMAT, "step": snap.step, "name": snap.name, "method": snap.method,
@@ -83,6 +87,8 @@ def save_snapshot(snap: Snapshot, folder: Path, train_log: dict | None = None,
         (tmp / "snapshot.json").write_text(json.dumps(meta, indent=2) + "\n")
         if train_log is not None:
             (tmp / "train_log.json").write_text(json.dumps(train_log) + "\n")
+        if extras is not None:
+            extras(tmp)
     return fingerprint
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .backbone import Backbone, Conditioning
 from .base_model import pick_device
 from .diffusion import denoising_target, snr_weight
+from .export import export_standard_files
 from .lora import STUDENT, TEACHER, add_lora, adapter_parameters, adapter_weights, lora_settings, using_adapter
 from .methods import Method, StepContext, build_method, snapshot_method
 from .fileio import sha256_file
@@ -292,4 +293,5 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
     log = {"loss": losses, "denoise": denoise_losses, "seconds": time.perf_counter() - started,
            "training_seconds": training_seconds, "steps": cfg.steps, **run.method.train_log()}
     return save_snapshot(snap, out_dir, train_log=log,
-                         inputs=train_inputs_key(prev_dir, concept_dir, cfg))
+                         inputs=train_inputs_key(prev_dir, concept_dir, cfg),
+                         extras=lambda tmp: export_standard_files(snap, tmp))

@@ -3,9 +3,9 @@
 Training: a regularizer added to the denoising loss and the state carried to the next step;
 the shared step (train.py) owns everything else and hands the method a `TrainingView`.
 Generation: how a snapshot of this method becomes a generating model (`fold_into_base`,
-`load_for_generation`, `prompt_scope`). Evaluation, `lifelong generate`, the MLflow model and
-export call these hooks and nothing else, so a method that changes inference changes only
-its own file.
+`load_for_generation`, `prompt_scope`) and as plain LoRAs for other tools (`lora_exports`,
+`export_note`). Evaluation, `lifelong generate`, the MLflow model and export call these hooks
+and nothing else, so a method that changes inference changes only its own file.
 """
 from __future__ import annotations
 
@@ -51,6 +51,17 @@ class TrainingView(Protocol):
 
 
 @dataclass
+class LoraExport:
+    """A snapshot (or part of it) as one plain LoRA of the UNet, which export.py writes in
+    diffusers and kohya format."""
+
+    weights: dict[str, torch.Tensor]  # peft state-dict keys, as in adapter.safetensors
+    rank: int
+    alpha: float  # peft's scaling is alpha / rank
+    token: str | None = None  # the only token whose prompts it serves; None: every prompt
+
+
+@dataclass
 class StepContext:
     """What a regularizer may look at during one optimizer step."""
 
@@ -74,6 +85,9 @@ class Method:
     #: init of the new identifier token: "class_word" (mean embedding of the class word's
     #: pieces) or "random" (C-LoRA); see Backbone.initial_embedding
     token_init: ClassVar[str] = "class_word"
+    #: what the exported files (export.py) leave out of the snapshot's meaning, for their
+    #: README; empty when plain diffusers generates what the project generates
+    export_note: ClassVar[str] = ""
 
     # -- training -----------------------------------------------------------------------
     def prepare(self, student: TrainingView, prev: "Snapshot", concept: ConceptView,
@@ -118,3 +132,12 @@ class Method:
         """Context manager around generating a prompt that holds `token` (None: no learned
         token, e.g. a class prompt): pick the concept's adapter, attach its context, ..."""
         return nullcontext()
+
+    @classmethod
+    def lora_exports(cls, snap: "Snapshot", unet) -> list[LoraExport]:
+        """The snapshot as plain LoRAs: by default its adapter, none if it keeps none.
+        `unet` has the base model's architecture, for shapes only (export.py builds it on
+        the meta device)."""
+        if not snap.adapter:
+            return []
+        return [LoraExport(snap.adapter, snap.lora["rank"], snap.lora["alpha"])]

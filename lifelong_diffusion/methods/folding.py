@@ -8,9 +8,9 @@ the next teacher is exactly what was evaluated.
 """
 from __future__ import annotations
 
-from ..folded import apply_folded, fold, lora_layers, update_norms
+from ..folded import apply_folded, fold, folded_factors, lora_layers, update_norms
 from ..lora import STUDENT
-from .base import Method
+from .base import LoraExport, Method
 
 
 class Folding(Method):
@@ -38,3 +38,20 @@ class Folding(Method):
     def fold_into_base(cls, unet, snap) -> None:
         """S_t = base + every folded update (the snapshot keeps no adapter)."""
         apply_folded(unet, snap.state)
+
+    @classmethod
+    def lora_exports(cls, snap, unet) -> list[LoraExport]:
+        """The folded factors as one LoRA of rank r_total. B already carries every step's
+        scaling, so alpha = r_total (scale 1). peft's Linear LoRA is A (r, in), B (out, r),
+        as folded; its Conv2d LoRA is A a conv with the base kernel (r, in, kh, kw) and B a
+        1x1 conv (out, r, 1, 1), so the flattened A is reshaped to the base kernel."""
+        factors = folded_factors(snap.state)
+        if not factors:
+            return []
+        weights = {}
+        for path, (b, a) in factors.items():
+            shape = unet.get_submodule(path).weight.shape
+            weights[f"{path}.lora_A.weight"] = a.reshape(len(a), *shape[1:])
+            weights[f"{path}.lora_B.weight"] = b.reshape(*b.shape, *[1] * (len(shape) - 2))
+        rank = len(a)  # every layer has folded the same steps at the same rank
+        return [LoraExport(weights, rank, float(rank))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from ..lora import STUDENT, adapter_weights, set_adapter_weights
-from .base import Method
+from .base import LoraExport, Method
 
 TOKEN_ADAPTER = "adapter/"  # state key prefix: adapter/<token>/<peft key>
 
@@ -42,3 +42,9 @@ class Independent(Method):
             yield
         finally:
             unet.enable_adapters()
+
+    @classmethod
+    def lora_exports(cls, snap, unet) -> list[LoraExport]:
+        """One LoRA per concept, for its own token's prompts only."""
+        return [LoraExport(token_adapter(snap, c["token"]), snap.lora["rank"], snap.lora["alpha"],
+                           c["token"]) for c in snap.concepts]

@@ -24,6 +24,10 @@ from .lfs_kd import LfsKD
 
 class Lfs(LfsKD):
     name = "lfs"
+    export_note = ("The in-context bank (`context/<token>` in state.safetensors), which this "
+                   "project's generation attends to for a concept's prompt (ICGen), has no "
+                   "plain-diffusers or kohya equivalent: these files generate without it, so "
+                   "their images differ from the project's.")
 
     def __init__(self, context_images: int = 2, bank_size: int = 2, context_bank: bool = True,
                  **kd_params):
