@@ -8,6 +8,8 @@
     lifelong serve [--cron CRON]  serve the sequence flow to a Prefect server (UI, schedules)
     lifelong world-concepts [NAME ...]   render the world's concept folders into data/concepts
     lifelong registry            the registered versions of the current method
+    lifelong generate PROMPT --model models:/NAME@ALIAS | --snapshot adapters/NAME [-n 8] [-o PNG]
+                                 images of a registered version or a snapshot: one PNG or a grid
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from lifelong_diffusion.project import Project
@@ -100,6 +103,24 @@ def show_registry(root: Path) -> None:
         print(json.dumps(row))
 
 
+def generate(args) -> None:
+    from flows.generate import generate_images, write_images
+    from lifelong_diffusion.snapshot import load_snapshot
+
+    if args.model:
+        from tasks.mlflow_model import registered_snapshot
+        from tasks.tracking import default_tracking_uri
+
+        with tempfile.TemporaryDirectory() as tmp:  # the snapshot's tensors are read into memory
+            snap = registered_snapshot(args.model, default_tracking_uri(args.project), Path(tmp))
+    else:
+        snap = load_snapshot(args.snapshot)
+    seeds = list(range(args.seed, args.seed + args.num_images))
+    images = generate_images(snap, args.prompt, seeds, args.steps, args.guidance, args.device)
+    for path in write_images(images, seeds, args.prompt, args.output, args.each):
+        print(path)
+
+
 def stage(args) -> None:
     from flows import stages as f
 
@@ -135,17 +156,35 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("world-concepts", help="render world concept folders into data/concepts")
     w.add_argument("names", nargs="*")
     sub.add_parser("registry", help="list registered model versions")
+    g = sub.add_parser("generate", help="generate images with a registered version or a snapshot")
+    g.add_argument("prompt", help='e.g. "a photo of <c1> star"')
+    source = g.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="URI",
+                        help="a registered version: models:/NAME@ALIAS or models:/NAME/VERSION "
+                             "(tracking store: MLFLOW_TRACKING_URI, else the project's mlflow.db)")
+    source.add_argument("--snapshot", type=Path, metavar="DIR",
+                        help="a snapshot folder, e.g. adapters/NAME")
+    g.add_argument("-n", "--num-images", type=int, default=1, help="one image per seed")
+    g.add_argument("--seed", type=int, default=0, help="the first seed")
+    g.add_argument("--steps", type=int, default=20, help="DDIM sampling steps")
+    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
+    g.add_argument("-o", "--output", type=Path, default=Path("generated.png"),
+                   help="the image, or the grid of several")
+    g.add_argument("--each", action="store_true",
+                   help="with several images, also write OUTPUT-SEED.png")
+    g.add_argument("--device", default="auto")
     return p
 
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by the user's data or params: shown as one clear message, no traceback."""
+    from flows.generate import PromptError
     from lifelong_diffusion.base_model import BaseModelError
     from lifelong_diffusion.ingest import ConceptDataError
     from lifelong_diffusion.project import ParamsError
     from lifelong_diffusion.snapshot import SnapshotError
 
-    return ConceptDataError, ParamsError, BaseModelError, SnapshotError
+    return ConceptDataError, ParamsError, BaseModelError, SnapshotError, PromptError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +207,8 @@ def dispatch(args) -> int:
         world_concepts(args.project, args.names)
     elif args.command == "registry":
         show_registry(args.project)
+    elif args.command == "generate":
+        generate(args)
     else:
         stage(args)
     return 0
