@@ -18,6 +18,8 @@ class PersonalizedModel:
     def __init__(self, snap: Snapshot, device: str = "cpu", precision: str = "fp32",
                  resolution: int | None = None):
         self.snap, self.method = snap, snapshot_method(snap)
+        # by default the size the snapshot was trained at (base.resolution), else the model's
+        resolution = resolution or snap.config.get("resolution")
         self.backbone = Backbone.load(snap.base_model, device, precision, resolution=resolution)
         self.method.load_for_generation(self.backbone, snap)
         pipe = self.backbone.pipe

@@ -18,13 +18,16 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
 from mlflow.exceptions import MlflowException
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from lifelong_diffusion.cl_metrics import SCORES
 
+from .mlflow_model import log_snapshot_model
 from .store import relocate_store
 from .version_page import MODEL_DESCRIPTION, VersionPage, version_page
 
@@ -35,6 +38,7 @@ CONCEPT = "lifelong.concept"
 FINGERPRINT = "lifelong.fingerprint"
 INPUTS = "lifelong.inputs"  # the training inputs key: what a live run is training
 ATTACHED = "lifelong.registered"  # evaluation and model logged on the step run
+MODEL_URI, MODEL_ID = "lifelong.model_uri", "lifelong.model_id"  # the step's logged MLflow model
 MEANINGFUL = "lifelong.meaningful"
 PARENT_RUN_ID = "mlflow.parentRunId"
 # MLflow reserves "latest" (mlflow/utils/validation.py), hence the suffix.
@@ -333,13 +337,23 @@ def _attach_step(client: MlflowClient, run_id: str, snapshot: dict, snapshot_dir
         client.log_artifact(run_id, str(eval_dir / "metrics.json"), "eval")
         client.log_artifacts(run_id, str(snapshot_dir), "snapshot")
         client.log_text(run_id, page.description, "version.md")
+        model = _log_model(client, run_id, snapshot_dir)
         for key, value in {FINGERPRINT: snapshot["fingerprint"], ATTACHED: "true",
+                           MODEL_URI: model.model_uri, MODEL_ID: model.model_id,
                            MEANINGFUL: str(bool(eval_metrics.get("meaningful"))).lower()}.items():
             client.set_tag(run_id, key, value)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
+
+
+def _log_model(client: MlflowClient, run_id: str, snapshot_dir: Path):
+    """The step as an MLflow pyfunc model, logged in its run. log_model is fluent API: the
+    client's URI is scoped to this call (set_tracking_uri would leak into the process) and
+    the run is resumed for it (its status is set by the caller afterwards)."""
+    with _use_tracking_uri(client.tracking_uri), mlflow.start_run(run_id=run_id):
+        return log_snapshot_model(snapshot_dir)
 
 
 def _step_params(snapshot: dict) -> list[Param]:
@@ -409,10 +423,10 @@ def _ensure_version(
     if found:
         version, created = str(found[0].version), False
     else:
-        source = f"{client.get_run(run_id).info.artifact_uri}/snapshot"
+        tags = client.get_run(run_id).data.tags
         version_entity = client.create_model_version(
-            model_name, source=source, run_id=run_id, tags=page.tags,
-            description=page.description, await_creation_for=0
+            model_name, source=tags[MODEL_URI], run_id=run_id, model_id=tags[MODEL_ID],
+            tags=page.tags, description=page.description, await_creation_for=0
         )
         version, created = str(version_entity.version), True
     _wait_ready(client, model_name, version)

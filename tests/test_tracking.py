@@ -42,6 +42,7 @@ def make_step(root: Path, step: int, lr: float = 1e-4) -> tuple[Path, Path]:
         "method": "naive",
         "base_model": "tiny-random",
         "concepts": concepts,
+        "lora": None,
         "config": {"steps": 50, "lr": lr, "lora_rank": 4, "scheduler": "constant"},
     }
     snapshot["fingerprint"] = hashlib.sha256(json.dumps(snapshot).encode()).hexdigest()
@@ -50,7 +51,7 @@ def make_step(root: Path, step: int, lr: float = 1e-4) -> tuple[Path, Path]:
     (snapshot_dir / "train_log.json").write_text(json.dumps({"loss": losses, "seconds": 1.5}))
     adapter = {"lora_A": np.full((4, 8), lr, np.float32)}
     save_file(adapter, str(snapshot_dir / "adapter.safetensors"))
-    (snapshot_dir / "tokens.safetensors").write_bytes(b"not really safetensors")
+    save_file({c["token"]: np.zeros(8, np.float32) for c in concepts}, str(snapshot_dir / "tokens.safetensors"))
     per_concept = {c["name"]: {"clip_i": 0.5, "clip_t": 0.2} for c in concepts}
     metrics = {
         "step": step,
@@ -103,7 +104,7 @@ def test_register_sequence_is_idempotent_and_tracks_retraining(sqlite_store):
     snapshot = json.loads((root / "adapters" / "dotted-heart" / "snapshot.json").read_text())
     assert version.tags["fingerprint"] == snapshot["fingerprint"] == summary[1]["fingerprint"]
     assert (version.tags["method"], version.tags["base_model"]) == ("naive", "tiny-random")
-    assert version.run_id == results[1]["run_id"] and version.source.endswith("/snapshot")
+    assert version.run_id == results[1]["run_id"] and version.source.startswith("models:/m-")
 
     parent_ids = {r["parent_run_id"] for r in results}
     assert len(parent_ids) == 1
@@ -183,7 +184,7 @@ def test_register_through_tracking_server(tmp_path, mlflow_server, use_tracking_
     assert client.get_model_version_by_alias(MODEL, LATEST_ALIAS).version == "2"
     version = client.get_model_version(MODEL, "2")
     assert version.status == "READY"
-    assert version.source.startswith("mlflow-artifacts:") and version.source.endswith("/snapshot")
+    assert version.source.startswith("models:/m-")
     assert [row["aliases"] for row in registry_summary(MODEL)] == [
         ["step-1"],
         [LATEST_ALIAS, "step-2"],
