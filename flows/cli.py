@@ -41,6 +41,7 @@ def dvc_command(set_params: list[str], name: str | None) -> list[str]:
 
 
 def run(root: Path, engine: str, set_params: list[str] = (), name: str | None = None) -> int:
+    Project(root).check()  # bad params or concept folders fail here, before DVC deletes outputs
     if engine == "prefect":
         from flows.lifelong import lifelong_sequence
 

@@ -22,6 +22,7 @@ from string import Formatter
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import yaml
 from PIL import Image, ImageOps
 
@@ -32,7 +33,8 @@ MANIFEST_FILE = "manifest.json"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 
 # fullmatch patterns: "$" in re.match would also accept a trailing newline.
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+CONCEPT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # folder, stage and run names
+HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # greyscale modes over 8 bits
 _TOKEN_RE = re.compile(r"<[a-z0-9_-]+>")
 _CLASS_WORD_RE = re.compile(r"[A-Za-z]+(?:[ -][A-Za-z]+)*")
 _KNOWN_KEYS = ("token", "class_word", "prompts")
@@ -118,6 +120,26 @@ def ingest_concept(
     # abspath (not resolve) folds ".." but keeps symlinked folder names as given.
     concept_dir, out_dir = Path(os.path.abspath(concept_dir)), Path(os.path.abspath(out_dir))
     _check_arguments(concept_dir, out_dir, resolution, min_size, min_images, max_images)
+    config, images = check_concept(concept_dir, resolution=resolution, min_size=min_size,
+                                   min_images=min_images, max_images=max_images,
+                                   taken_tokens=taken_tokens)
+    with atomic_dir(out_dir) as tmp:
+        return _write_processed(tmp, concept_dir.name, config, images, resolution)
+
+
+def check_concept(
+    concept_dir: Path,
+    *,
+    resolution: int,
+    min_size: int,
+    min_images: int = 3,
+    max_images: int = 10,
+    taken_tokens: Mapping[str, str] = _NO_TOKENS,
+) -> tuple[dict[str, Any], list]:
+    """Every check of ingest_concept, writing nothing: (config, images), or a
+    ConceptDataError listing all problems. `lifelong run` calls it for every concept
+    before DVC touches any output."""
+    concept_dir = Path(os.path.abspath(concept_dir))
     if not concept_dir.is_dir():
         raise ConceptDataError(
             f"{concept_dir}: concept folder does not exist; fix: create it with a "
@@ -136,8 +158,7 @@ def ingest_concept(
     ]
     if problems:
         raise ConceptDataError(*problems)
-    with atomic_dir(out_dir) as tmp:
-        return _write_processed(tmp, concept_dir.name, config, images, resolution)
+    return config, images
 
 
 def _check_arguments(
@@ -285,7 +306,7 @@ def _read_config(
 
 def _name_problems(concept_dir: Path) -> list[str]:
     """The folder name becomes output paths and run names, so keep it path-safe."""
-    if _NAME_RE.fullmatch(concept_dir.name):
+    if CONCEPT_NAME.fullmatch(concept_dir.name):
         return []
     return [
         f"{concept_dir}: folder name {concept_dir.name!r} is not a safe concept name; fix: "
@@ -365,11 +386,24 @@ def _decode_upright_rgb(path: Path) -> Image.Image:
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Composite transparency onto white: the colour under transparent pixels is
     arbitrary (often black), which would otherwise leak into training images."""
+    if image.mode in HIGH_DEPTH:
+        image = _to_8bit(image)
     if "A" not in image.getbands() and "transparency" not in image.info:
         return image.convert("RGB")
     rgba = image.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Greyscale of more than 8 bits as 8 bits. Pillow's convert("RGB") clips a 16-bit
+    image's values at 255, so a normal 16-bit PNG came out all white."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":  # float images: 0..1 by convention, else already 0..255
+        scale = 255.0 if values.max(initial=0) <= 1.0 else 1.0
+    else:  # "I;16*" is 16 bits; "I" is how Pillow often opens 16-bit PNGs too
+        scale = 1 / 257 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 1.0
+    return Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8), "L")
 
 
 def _centre_square(image: Image.Image, resolution: int) -> Image.Image:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from .ingest import CONCEPT_FILE, CONCEPT_NAME, check_concept, read_concept_yaml
+
 BASE = "base"  # name of S_0, the empty snapshot of the base model
 
 
@@ -51,6 +53,35 @@ class Project:
 
     def eval_metrics(self, name: str) -> dict:
         return json.loads((self.eval_dir(name) / "metrics.json").read_text())
+
+    def taken_tokens(self, name: str) -> dict[str, str]:
+        """Tokens of the other concepts of the sequence. Their raw photos may be gone
+        (privacy), so a processed manifest is read first and concept.yaml only as a fallback."""
+        taken = {}
+        for other in (n for n in self.sequence() if n != name):
+            manifest = self.processed_dir(other) / "manifest.json"
+            raw = self.concept_dir(other) / CONCEPT_FILE
+            if manifest.exists():
+                taken[json.loads(manifest.read_text())["token"]] = other
+            elif raw.exists():
+                taken[read_concept_yaml(raw)["token"]] = other
+        return taken
+
+    def check(self) -> None:
+        """Everything a run reads, checked before DVC touches an output (DVC deletes a
+        stage's outputs before running it, so a bad value or folder would otherwise cost
+        stored data): the sequence, the train and evaluate params, every concept folder
+        (one whose photos are gone but whose processed copy exists is fine)."""
+        order = self.sequence()
+        for section, build in (("train", self.train_config), ("evaluate", self.eval_config)):
+            try:
+                build()
+            except (TypeError, ValueError) as exc:  # unknown key, bad value
+                raise ParamsError(f"{self.root / self.params_file}: {section}: {exc}") from exc
+        settings = self.section("ingest")
+        for name in order:
+            if self.concept_dir(name).exists() or not (self.processed_dir(name) / "manifest.json").exists():
+                check_concept(self.concept_dir(name), taken_tokens=self.taken_tokens(name), **settings)
 
     @property
     def summary_file(self) -> Path:
@@ -112,6 +143,12 @@ def sequence_order(sequence, source: Path) -> list[str]:
                           f"e.g. `my-dog: {{prev: base}}`; got a {type(sequence).__name__}.")
     after = {}
     for name, item in sequence.items():
+        # Names become shell arguments (DVC runs `lifelong train <name>`), folders and run
+        # names: one strict rule before anything runs.
+        if not isinstance(name, str) or not CONCEPT_NAME.fullmatch(name):
+            raise ParamsError(f"{source}: sequence name {name!r} is not a concept name; use 1-64 "
+                              "lowercase letters, digits, '_' or '-', starting with a letter or "
+                              "digit (the folder data/concepts/<name> must match).")
         if name == BASE:
             raise ParamsError(f"{source}: '{BASE}' is reserved for the base model; rename that "
                               "concept (folder and sequence entry).")

@@ -70,6 +70,18 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
 
+    def __post_init__(self):
+        """Bad values fail here, before anything is loaded or overwritten (`steps: -5` once
+        retrained every concept with 0 steps)."""
+        checks = {"steps": (int, 0), "batch_size": (int, 1), "lora_rank": (int, 1),
+                  "lr": (float, 0.0), "token_lr": (float, 0.0), "lora_alpha": (float, 0.0)}
+        for key, (kind, low) in checks.items():
+            value = getattr(self, key)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok or (kind is int and not isinstance(value, int)) or value < low:
+                raise ValueError(f"params.yaml: train.{key} is {value!r}; it must be "
+                                 f"{'an integer' if kind is int else 'a number'} >= {low}")
+
     def flat(self) -> dict:
         """Scalar view for tracking (lists joined, method params prefixed)."""
         out = {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str))}

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -543,3 +544,19 @@ def test_atomic_dir_removes_temp_folder_on_error(tmp_path):
         assert tmp.parent == final.parent and tmp.name.startswith(".final.tmp-")
         (tmp / "done").write_text("y")
     assert os.listdir(final.parent) == ["final"] and (final / "done").read_text() == "y"
+
+
+def test_16_bit_greyscale_png_keeps_its_tones(tmp_path):
+    """Pillow's convert("RGB") clips 16-bit values at 255: a mid-grey 16-bit PNG used to be
+    ingested as all white."""
+    folder = make_concept(tmp_path, n_images=3)
+    ramp = np.linspace(0, 65535, 48 * 40).reshape(40, 48).astype(np.uint16)
+    Image.fromarray(ramp).save(folder / "img_0.png")  # mode I;16
+    Image.new("I;16", (48, 40), 32768).save(folder / "img_1.png")  # mid grey
+    manifest = run(folder)
+    out = tmp_path / "processed" / "dog"
+    files = {item["source"]: item["file"] for item in manifest["images"]}
+    grey = np.asarray(Image.open(out / files["img_1.png"]))
+    assert np.all(np.abs(grey.astype(int) - 128) <= 1)
+    tones = np.asarray(Image.open(out / files["img_0.png"]).convert("L"))
+    assert tones.min() < 40 and tones.max() > 215  # the ramp, not a white sheet

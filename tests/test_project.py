@@ -171,3 +171,11 @@ def test_concept_named_base_is_rejected():
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     assert "base" in msg
+
+
+@pytest.mark.parametrize("name", ["x;touch pwned-marker;echo", "a/b", "../evil", "Dog", "x" * 65, "-dash", 7])
+def test_sequence_names_must_be_concept_names(name):
+    """A name is a shell argument in dvc.yaml, a folder and a run name: one strict rule,
+    before anything runs (a shell-injecting name once ran its command on `lifelong run`)."""
+    message = order_error({name: {"prev": "base"}})
+    assert "is not a concept name" in message and repr(name) in message
