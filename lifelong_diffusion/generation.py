@@ -38,7 +38,8 @@ class PersonalizedModel:
     @torch.no_grad()
     def generate(self, prompt: str, seeds: list[int], steps: int = 20,
                  guidance_scale: float = 5.0) -> list[Image.Image]:
-        """One image per seed; each seed has its own generator so batch size never matters."""
+        """One image per seed; each seed has its own generator, so the batch changes at most the
+        last bit of a few pixels (CPU kernels sum in a batch-dependent order)."""
         size = self.backbone.resolution
         with self.method.prompt_scope(self.backbone, self.snap, self.token_in(prompt)), \
                 self.backbone.autocast():

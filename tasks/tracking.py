@@ -424,10 +424,13 @@ def _ensure_version(
         version, created = str(found[0].version), False
     else:
         tags = client.get_run(run_id).data.tags
-        version_entity = client.create_model_version(
-            model_name, source=tags[MODEL_URI], run_id=run_id, model_id=tags[MODEL_ID],
-            tags=page.tags, description=page.description, await_creation_for=0
-        )
+        # the registry resolves a models:/m-... source through the process-wide tracking
+        # URI, which is not this client's inside a Prefect worker
+        with _use_tracking_uri(client.tracking_uri):
+            version_entity = client.create_model_version(
+                model_name, source=tags[MODEL_URI], run_id=run_id, model_id=tags[MODEL_ID],
+                tags=page.tags, description=page.description, await_creation_for=0
+            )
         version, created = str(version_entity.version), True
     _wait_ready(client, model_name, version)
     if not created:  # the page may be new (scores so far), the weights are the same
