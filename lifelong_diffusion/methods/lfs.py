@@ -7,7 +7,7 @@ learns to *use* context rather than only to memorise. After the step a bank of
 evaluation and generation condition the concept's prompt on it. `context_bank: false`
 keeps nothing (strict no-retention); generation then runs without context.
 
-Where METHODS.md is silent: the bank holds the first `bank_size` photos' VAE latents (a few
+Where the paper is silent (docs/methods.md#lfs): the bank holds the first `bank_size` photos' VAE latents (a few
 16x16x4 tensors in the world, 64x64x4 for SD-1.5), not the training set as such; the
 distillation of earlier concepts runs without their context (the teacher's samples for
 their identifier prompts are drawn without it, too).
