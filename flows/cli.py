@@ -29,6 +29,8 @@ def _env_defaults(root: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    # MLflow draws a progress bar per artifact folder it copies at registration: noise in logs
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def dvc_command(set_params: list[str], name: str | None) -> list[str]:
