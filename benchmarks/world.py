@@ -117,7 +117,7 @@ def train_params(overrides: dict | None = None) -> dict:
 
 def concept_after_lora(world_dir: Path, concept: str, work: Path, overrides: dict | None = None,
                        photo_seed: int = 0, n_seeds: int = 16, grid: str | None = None,
-                       photo_spread: float = PHOTO_SPREAD) -> dict:
+                       photo_spread: float = PHOTO_SPREAD, n_photos: int = 5) -> dict:
     """Learn one world concept from the base with the project's own training code, then read
     16 samples of its identifier prompt and of its class prompt with the attribute classifier.
 
@@ -125,7 +125,8 @@ def concept_after_lora(world_dir: Path, concept: str, work: Path, overrides: dic
     pattern (attr), its pattern, its two colours; class_attr: the class prompt still draws
     the plain class (right shape, no pattern) after the LoRA."""
     spec = concept_by_name(concept)
-    concept_dir = write_concept_folder(spec, work / "concepts", seed=photo_seed, spread=photo_spread)
+    concept_dir = write_concept_folder(spec, work / "concepts", n_photos, seed=photo_seed,
+                                       spread=photo_spread)
     ingest_concept(concept_dir, work / "processed" / concept, resolution=32, min_size=32)
     save_snapshot(empty_snapshot(str(world_dir / "base")), work / "adapters" / "base")
     cfg = TrainConfig(**train_params(overrides))
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concept-seeds", type=int, default=16, help="samples per prompt after the LoRA")
     parser.add_argument("--concept-seed", type=int, default=0,
                         help="world seed of the concept photos (0: the photos in data/concepts)")
+    parser.add_argument("--photos", type=int, default=5, help="photos per concept (the shipped folders have 5)")
     parser.add_argument("--all-concepts", action="store_true",
                         help="also run the LoRA check on all 12 world concepts")
     parser.add_argument("--grid", help="write PNG grids of the samples here (base, and -concept.png)")
@@ -201,13 +203,13 @@ def main(argv: list[str] | None = None) -> dict:
 
         def lora_check(name: str, grid: str | None = None) -> dict:
             return concept_after_lora(world_dir, name, Path(tmp) / f"lora-{name}", overrides,
-                                      args.concept_seed, args.concept_seeds, grid)
+                                      args.concept_seed, args.concept_seeds, grid, n_photos=args.photos)
         main_check = lora_check(args.concept, concept_grid)
         result.update(main_check, concept_acc_after_lora=main_check["concept_pattern_acc_after_lora"])
         if args.all_concepts:  # the main check's concept is not trained a second time
             checks = {spec.name: main_check if spec.name == args.concept else lora_check(spec.name)
                       for spec in CONCEPTS}
-            result.update(concept_seed=args.concept_seed, by_concept=checks)
+            result.update(concept_seed=args.concept_seed, photos=args.photos, by_concept=checks)
             # the session-5 keys, kept for their readers: the pattern share per concept
             result["concept_acc_by_concept"] = {n: c["concept_pattern_acc_after_lora"] for n, c in checks.items()}
             for key in PER_CONCEPT:

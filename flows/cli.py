@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -31,6 +32,8 @@ def _env_defaults(root: Path) -> None:
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     # MLflow draws a progress bar per artifact folder it copies at registration: noise in logs
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's default (7 retries, doubling waits) spends minutes on a stopped server
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 
 
 def dvc_command(set_params: list[str], name: str | None) -> list[str]:
@@ -44,12 +47,15 @@ def dvc_command(set_params: list[str], name: str | None) -> list[str]:
 
 def run(root: Path, engine: str, set_params: list[str] = (), name: str | None = None) -> int:
     Project(root).check()  # bad params or concept folders fail here, before DVC deletes outputs
+    check_registry(Project(root))
     if engine == "prefect":
         from flows.lifelong import lifelong_sequence
 
+        quiet_user_error_tracebacks()
+
         lifelong_sequence(str(root))
         return 0
-    from flows.servers import prefect_api
+    from flows.servers import die_with_parent, prefect_api
 
     with prefect_api(Path(os.environ["PREFECT_HOME"])) as url:
         # DVC runs each stage's `lifelong ...` through the shell: put this venv first on PATH.
@@ -58,10 +64,24 @@ def run(root: Path, engine: str, set_params: list[str] = (), name: str | None = 
         print(f"Prefect API: {url}", flush=True)
         # one Prefect server for all stages: without it every stage would start its own (~20 s)
         code = subprocess.call([sys.executable, "-m", "dvc", *dvc_command(set_params, name)],
-                               cwd=root, env=env)
+                               cwd=root, env=env, preexec_fn=die_with_parent)
     if code == 0:
         print_outcome(Project(root))
     return code
+
+
+def check_registry(project: Project) -> None:
+    """The tracking server answers, and the store still holds what registry.json names
+    (else the register stage is made to run again and rebuild it)."""
+    from tasks.register import forget_lost_registry
+    from tasks.tracking import check_tracking_server, default_tracking_uri
+
+    uri = default_tracking_uri(project.root)
+    check_tracking_server(uri)
+    lost = forget_lost_registry(project)
+    if lost:
+        print(f"{uri} lacks {len(lost)} model version(s) that registry.json names (store "
+              "deleted or replaced?): every stored step is registered again.", flush=True)
 
 
 def print_outcome(project: Project) -> None:
@@ -99,10 +119,10 @@ def world_concepts(root: Path, names: list[str]) -> None:
 
 def show_registry(root: Path) -> None:
     from tasks.register import model_name_for
-    from tasks.tracking import default_tracking_uri, registry_summary
+    from tasks.tracking import default_tracking_uri, registry_summary_or_hint
 
     method = Project(root).section("train").get("method", "naive")
-    for row in registry_summary(model_name_for(Project(root), method), default_tracking_uri(root)):
+    for row in registry_summary_or_hint(model_name_for(Project(root), method), default_tracking_uri(root)):
         print(json.dumps(row))
 
 
@@ -124,8 +144,28 @@ def generate(args) -> None:
         print(path)
 
 
+class OneLineUserErrors(logging.Filter):
+    """Drops Prefect's console records of a task or flow failing with a user error: `main`
+    prints that error as one line, and two tracebacks of ~30 lines each before it hid it.
+    (The records still reach the Prefect server: the UI keeps the traceback.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, user_errors())
+
+
+def quiet_user_error_tracebacks() -> None:
+    import prefect  # noqa: F401  (configures logging: the console handler sits on the root logger)
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, OneLineUserErrors) for f in handler.filters):
+            handler.addFilter(OneLineUserErrors())
+
+
 def stage(args) -> None:
     from flows import stages as f
+
+    quiet_user_error_tracebacks()
 
     root = str(args.project)
     {
@@ -186,8 +226,9 @@ def user_errors() -> tuple[type[Exception], ...]:
     from lifelong_diffusion.ingest import ConceptDataError
     from lifelong_diffusion.project import ParamsError
     from lifelong_diffusion.snapshot import SnapshotError
+    from tasks.tracking import TrackingUnavailable
 
-    return ConceptDataError, ParamsError, BaseModelError, SnapshotError, PromptError
+    return ConceptDataError, ParamsError, BaseModelError, SnapshotError, PromptError, TrackingUnavailable
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ and its database (PREFECT_HOME) keeps the run history for the Prefect UI afterwa
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -36,6 +37,16 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float)
     raise TimeoutError(f"server not healthy at {url} after {timeout:.0f} s; see {log}")
 
 
+def die_with_parent() -> None:
+    """For Popen's preexec_fn: on Linux the child gets SIGTERM when the command that started it
+    dies, even by `kill -9` (no `finally` runs then), so no server outlives its run."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def stop_group(process: subprocess.Popen) -> None:
     """Stop the server and every worker it forked (they share its process group)."""
     with suppress(ProcessLookupError):
@@ -56,7 +67,7 @@ def background_server(cmd: list[str], health_url: str, env: dict, log: Path,
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=die_with_parent)
     try:
         wait_healthy(health_url, process, log, timeout)
         yield process

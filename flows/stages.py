@@ -66,14 +66,19 @@ def register_flow(project_root: str = ".") -> list[dict]:
     """Register every step of the sequence in order (idempotent: known steps are reused), put
     the continual report on the sequence's run, and write registry.json, the stage's output
     that records which version holds which step."""
-    from tasks.register import log_report, register
+    from lifelong_diffusion.stamps import fingerprint_of
+    from tasks.register import log_report, register, registry_file
+    from tasks.tracking import check_tracking_server, default_tracking_uri
 
     root = Path(_root(project_root))
-    order = Project(root).sequence()
+    project = Project(root)
+    check_tracking_server(default_tracking_uri(root))  # seconds, not minutes of retries
+    order = project.sequence()
     records = [register(str(root), name, is_last=i == len(order) - 1)
                for i, name in enumerate(order)]
     log_report(str(root))
     summary = [{"concept": n, "model_name": r["model_name"], "version": r["version"],
-                "aliases": r["aliases"]} for n, r in zip(order, records)]
-    (root / "registry.json").write_text(json.dumps(summary, indent=2) + "\n")
+                "aliases": r["aliases"], "fingerprint": fingerprint_of(project.snapshot_dir(n))}
+               for n, r in zip(order, records)]
+    registry_file(project).write_text(json.dumps(summary, indent=2) + "\n")
     return records

@@ -8,7 +8,7 @@ with other seeds.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean
 
@@ -19,7 +19,7 @@ from .fileio import atomic_dir
 from .generation import PersonalizedModel
 from .grid import image_grid
 from .snapshot import load_snapshot
-from .stamps import fingerprint_of, inputs_key
+from .stamps import content_hash, fingerprint_of, inputs_key
 from .train import read_processed_concept
 
 
@@ -111,8 +111,18 @@ def world_truth(processed_dir: Path) -> dict | None:
     return (manifest.get("extra") or {}).get("world")
 
 
+# The evaluators named by a file or folder path. The key records their content, not their
+# path: a project moved to another folder (or evaluated from a clone) keeps its evaluations,
+# and replaced weights invalidate them.
+_WEIGHT_FIELDS = ("clip_weights", "attribute_classifier", "dino_model")
+
+
 def eval_inputs_key(snapshot_dir: Path, cfg: EvalConfig, class_words: list[str] = ()) -> str:
-    return inputs_key(fingerprint_of(snapshot_dir), cfg, *class_words)
+    settings = asdict(cfg)
+    for key in _WEIGHT_FIELDS:
+        if settings[key]:
+            settings[key] = content_hash(Path(settings[key]))
+    return inputs_key(fingerprint_of(snapshot_dir), settings, *class_words)
 
 
 def evaluate_snapshot(snapshot_dir: Path, processed_root: Path, out_dir: Path,

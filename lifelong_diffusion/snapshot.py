@@ -93,6 +93,9 @@ def save_snapshot(snap: Snapshot, folder: Path, train_log: dict | None = None,
 
 
 def load_snapshot(folder: Path) -> Snapshot:
+    """Read a snapshot and check it is the one its step wrote: a file changed or damaged
+    since then (fingerprint mismatch, broken JSON or safetensors) is a SnapshotError naming
+    the file, never a silent evaluation of other weights."""
     folder = Path(folder)
     meta_file = folder / "snapshot.json"
     if not meta_file.exists():
@@ -100,17 +103,35 @@ def load_snapshot(folder: Path) -> Snapshot:
             f"{meta_file} does not exist: the previous step has not finished. "
             "Run the sequence in order (`dvc repro` or `lifelong run`) so it is trained first."
         )
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT:
-        raise SnapshotError(f"{meta_file}: snapshot format {meta.get('format')} is not "
-                            f"{FORMAT}; re-run the step that wrote it.")
-    tensors = {
-        group: load_file(folder / f"{group}.safetensors")
-        for group in _TENSOR_FILES if (folder / f"{group}.safetensors").exists()
-    }
-    fields = {k: meta[k] for k in ("step", "name", "method", "base_model", "concepts", "lora",
-                                   "config")}
-    return Snapshot(**fields, **tensors)
+    rerun = f"delete {folder} and re-run its step (`lifelong run` or `dvc repro`)"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SnapshotError(f"{meta_file} is not valid JSON ({exc}); {rerun}.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise SnapshotError(f"{meta_file}: snapshot format {found} is not {FORMAT}; {rerun}.")
+    tensors = {group: _load_tensors(folder / f"{group}.safetensors", rerun)
+               for group in _TENSOR_FILES if (folder / f"{group}.safetensors").exists()}
+    try:
+        fields = {k: meta[k] for k in ("step", "name", "method", "base_model", "concepts", "lora",
+                                       "config")}
+        snap = Snapshot(**fields, **tensors)
+    except (KeyError, TypeError) as exc:
+        raise SnapshotError(f"{meta_file} lacks or mangles field {exc}; {rerun}.") from None
+    if meta.get("fingerprint") != snap.fingerprint():
+        files = ", ".join(f"{g}.safetensors" for g in tensors) or "no tensor files"
+        raise SnapshotError(f"{folder}: its weights ({files}) or snapshot.json were changed after "
+                            "the step wrote them (the fingerprint in snapshot.json does not "
+                            f"match); {rerun}.")
+    return snap
+
+
+def _load_tensors(path: Path, rerun: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise SnapshotError(f"{path} is not a readable safetensors file ({exc}); {rerun}.") from None
 
 
 def read_train_log(folder: Path) -> dict:

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+from .fileio import sha256_file
+
 
 def inputs_key(*parts) -> str:
     plain = [asdict(p) if is_dataclass(p) else p for p in parts]
@@ -26,3 +28,15 @@ def stored_key(json_file: Path) -> str | None:
 
 def fingerprint_of(snapshot_dir: Path) -> str:
     return json.loads((Path(snapshot_dir) / "snapshot.json").read_text())["fingerprint"]
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's files with their relative names; a path that does
+    not exist keys as its name (the stage that reads it then fails with a clear error)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        return f"missing:{path.name}"
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return inputs_key([[f.relative_to(path).as_posix(), sha256_file(f)] for f in files])

@@ -10,7 +10,7 @@ from lifelong_diffusion.cl_metrics import sequence_figures
 from lifelong_diffusion.project import BASE, Project
 from lifelong_diffusion.stamps import inputs_key
 
-from .tracking import default_tracking_uri, log_sequence_report, register_step
+from .tracking import default_tracking_uri, log_sequence_report, missing_versions, register_step
 
 
 def model_name_for(project: Project, method: str) -> str:
@@ -61,3 +61,28 @@ def log_report(project_root: str) -> str:
     snapshot = _snapshot(project, project.sequence()[-1])
     return log_sequence_report(project.summary_file.parent, summary, method=snapshot["method"],
                                **sequence_run(project, snapshot))
+
+
+def registry_file(project: Project) -> Path:
+    """registry.json: the register stage's output, which version holds which step."""
+    return project.root / "registry.json"
+
+
+def forget_lost_registry(project: Project) -> list[dict]:
+    """If the tracking store lost versions that registry.json names (mlflow.db deleted, a new
+    tracking server), delete registry.json so that the register stage runs again and
+    re-registers every stored step; returns the lost entries."""
+    path = registry_file(project)
+    if not path.exists():
+        return []
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, list):  # damaged: re-registering rewrites it
+        path.unlink()
+        return [{"file": str(path)}]
+    lost = missing_versions(recorded, default_tracking_uri(project.root))
+    if lost:
+        path.unlink()
+    return lost

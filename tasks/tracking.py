@@ -15,6 +15,7 @@ import json
 import os
 import re
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -164,6 +165,57 @@ def registry_summary(model_name: str, tracking_uri: str | None = None) -> list[d
         for mv in client.search_model_versions(f"name = '{model_name}'")
     ]
     return sorted(rows, key=lambda row: int(row["version"]))
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer; raised before any work depends on it."""
+
+
+SERVER_CHECK_TIMEOUT_S = 5.0
+
+
+def check_tracking_server(tracking_uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
+    """An http(s) tracking URI must answer /health within seconds: without this check a
+    stopped server costs minutes of MLflow's own retries at registration, after training."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return  # a local store: nothing to reach
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout) as answer:
+            if answer.status == 200:
+                return
+            problem = f"HTTP {answer.status}"
+    except OSError as exc:  # refused, timed out, DNS: all URLError/socket errors
+        problem = str(getattr(exc, "reason", exc))
+    raise TrackingUnavailable(
+        f"the MLflow tracking server {tracking_uri} (MLFLOW_TRACKING_URI) does not answer "
+        f"({problem}); start it, or unset MLFLOW_TRACKING_URI to use the project's mlflow.db.")
+
+
+def missing_versions(recorded: list[dict], tracking_uri: str | None) -> list[dict]:
+    """The entries of registry.json whose version the store does not hold (with the same
+    fingerprint): e.g. mlflow.db deleted or a fresh tracking server."""
+    client, missing = _client(tracking_uri), []
+    for entry in recorded:
+        try:
+            version = client.get_model_version(entry["model_name"], str(entry["version"]))
+        except MlflowException:
+            missing.append(entry)
+            continue
+        if entry.get("fingerprint") and version.tags.get("fingerprint") != entry["fingerprint"]:
+            missing.append(entry)
+    return missing
+
+
+def registry_summary_or_hint(model_name: str, tracking_uri: str) -> list[dict]:
+    """registry_summary, or a TrackingUnavailable that says how to rebuild the registry."""
+    try:
+        return registry_summary(model_name, tracking_uri)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise TrackingUnavailable(
+            f"{tracking_uri} holds no registered model '{model_name}'; `lifelong run` registers "
+            "every stored step (it rebuilds a deleted or new store from adapters/ and eval/).") from None
 
 
 def _client(tracking_uri: str | None) -> MlflowClient:

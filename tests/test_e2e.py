@@ -135,6 +135,18 @@ def test_dvc_repro_runs_chain_and_adding_a_concept_reruns_only_its_stages(tmp_pa
                      r"clip_t=[-+\d.]+ \[[-+\d.]+, [-+\d.]+\]", first)
     assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "repro"], project, env)
 
+    # the tracking store deleted: `lifelong registry` says how to rebuild, `lifelong run` does
+    (project / "mlflow.db").unlink()
+    shutil.rmtree(project / "mlruns", ignore_errors=True)
+    lost = subprocess.run([str(BIN / "lifelong"), "registry"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert lost.returncode == 2 and "Traceback" not in lost.stderr
+    assert "`lifelong run` registers every stored step" in lost.stderr
+    rebuilt = run([str(BIN / "lifelong"), "run"], project, env)
+    assert "every stored step is registered again" in rebuilt
+    assert stages_run(rebuilt) == {"register"}
+    assert [(r["version"], r["step"]) for r in registry(project)] == [("1", 1), ("2", 2)]
+
     dag = run([str(BIN / "dvc"), "dag", "--md"], project, env)
     assert f"train@{a}" in dag and f"train@{b}" in dag
 
@@ -155,19 +167,22 @@ def test_dvc_repro_runs_chain_and_adding_a_concept_reruns_only_its_stages(tmp_pa
     assert rows[2]["concepts"].split(",") == CONCEPTS
 
 
-def test_cli_reports_bad_concept_data_without_touching_outputs(tmp_path, capsys,
-                                                              prefect_api_url):
-    from flows.cli import main
-
+def test_cli_reports_bad_concept_data_in_one_line_without_touching_outputs(tmp_path,
+                                                                           prefect_api_url):
     project = make_project(tmp_path / "project", CONCEPTS[:1])
-    assert main(["--project", str(project), "ingest", CONCEPTS[0]]) == 0
+    env = cli_env(tmp_path, prefect_api_url)
+    run([str(BIN / "lifelong"), "ingest", CONCEPTS[0]], project, env)
     processed = project / "data" / "processed" / CONCEPTS[0]
     before = {p.name: p.read_bytes() for p in processed.iterdir()}
     (project / "data" / "concepts" / CONCEPTS[0] / "02.png").write_bytes(b"not a png")
 
-    assert main(["--project", str(project), "ingest", CONCEPTS[0]]) == 2
-    err = capsys.readouterr().err
-    assert "02.png" in err and "fix" in err and "Traceback" not in err
+    # a subprocess: Prefect's console handler writes to the real stderr, which capsys misses
+    done = subprocess.run([str(BIN / "lifelong"), "ingest", CONCEPTS[0]], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("lifelong ingest: error:") and "02.png" in lines[-1]
+    assert "Traceback" not in done.stderr, done.stderr
     assert {p.name: p.read_bytes() for p in processed.iterdir()} == before
 
 

@@ -48,3 +48,14 @@ def test_bad_input_fails_before_anything_runs(project, bad, capsys):
     assert err and err[-1].startswith("lifelong run: error:") and "Traceback" not in "\n".join(err)
     assert (project / "adapters" / FIRST / "adapter.safetensors").read_bytes() == b"trained weights"
     assert not (project / "pwned-marker").exists() and not (project / "dvc.lock").exists()
+
+
+def test_stopped_tracking_server_fails_up_front_before_anything_runs(project, monkeypatch, capsys):
+    """One /health request, not MLflow's retries at registration (280 s, after training)."""
+    from flows.servers import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    assert main(["--project", str(project), "run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lifelong run: error: the MLflow tracking server http://127.0.0.1:")
+    assert "does not answer" in err[-1] and not (project / "dvc.lock").exists()

@@ -170,3 +170,40 @@ def test_failing_first_save_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(SnapshotError):
         load_snapshot(tmp_path / "s")
+
+
+def test_tampered_weights_are_refused_naming_the_folder(tmp_path):
+    save_snapshot(make_snapshot(), tmp_path / "s")
+    tensors = snapshot_module.load_file(tmp_path / "s" / "adapter.safetensors")
+    tensors["down.lora_A.weight"][0, 0] += 1.0
+    snapshot_module.save_file(tensors, tmp_path / "s" / "adapter.safetensors")
+    with pytest.raises(SnapshotError, match=r"s: its weights .*changed after the step wrote them"):
+        load_snapshot(tmp_path / "s")
+
+
+def test_edited_meaning_is_refused(tmp_path):
+    save_snapshot(make_snapshot(), tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "snapshot.json").read_text())
+    meta["concepts"][0]["token"] = "<c9>"
+    (tmp_path / "s" / "snapshot.json").write_text(json.dumps(meta))
+    with pytest.raises(SnapshotError, match="fingerprint"):
+        load_snapshot(tmp_path / "s")
+
+
+@pytest.mark.parametrize("damage", ["json", "safetensors", "field"])
+def test_damaged_files_are_named(tmp_path, damage):
+    save_snapshot(make_snapshot(), tmp_path / "s")
+    if damage == "json":
+        (tmp_path / "s" / "snapshot.json").write_text('{"format": 1, "step": ')
+        bad = "snapshot.json"
+    elif damage == "safetensors":
+        (tmp_path / "s" / "tokens.safetensors").write_bytes(b"\xff" * 20)
+        bad = "tokens.safetensors"
+    else:
+        meta = json.loads((tmp_path / "s" / "snapshot.json").read_text())
+        del meta["concepts"]
+        (tmp_path / "s" / "snapshot.json").write_text(json.dumps(meta))
+        bad = "snapshot.json"
+    with pytest.raises(SnapshotError, match=bad) as info:
+        load_snapshot(tmp_path / "s")
+    assert "re-run its step" in str(info.value)
