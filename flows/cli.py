@@ -5,7 +5,9 @@
     lifelong run --engine prefect   the same DAG as one Prefect flow, without DVC
     lifelong pretrain            re-create the world preset in models/world (about an hour)
     lifelong base | ingest NAME | train NAME | evaluate NAME | continual | register   one stage
-    lifelong serve [--cron CRON]  serve the sequence flow to a Prefect server (UI, schedules)
+    lifelong add PATH [--name N] [--run]   check a concept folder and append it to the sequence
+    lifelong serve [--cron CRON]  serve the sequence flow to a Prefect server (UI, schedules,
+                                 new concepts from the run form or data/inbox/)
     lifelong world-concepts [NAME ...]   render the world's concept folders into data/concepts
     lifelong registry            the registered versions of the current method
     lifelong generate PROMPT --model models:/NAME@ALIAS | --snapshot adapters/NAME [-n 8] [-o PNG]
@@ -57,7 +59,7 @@ def run(root: Path, engine: str, set_params: list[str] = (), name: str | None = 
         return 0
     from flows.servers import die_with_parent, prefect_api
 
-    with prefect_api(Path(os.environ["PREFECT_HOME"])) as url:
+    with Project(root).lock(), prefect_api(Path(os.environ["PREFECT_HOME"])) as url:
         # DVC runs each stage's `lifelong ...` through the shell: put this venv first on PATH.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         env = dict(os.environ, PREFECT_API_URL=url, PATH=path)
@@ -82,6 +84,21 @@ def check_registry(project: Project) -> None:
     if lost:
         print(f"{uri} lacks {len(lost)} model version(s) that registry.json names (store "
               "deleted or replaced?): every stored step is registered again.", flush=True)
+
+
+def add(root: Path, source: Path, name: str | None, run_now: bool) -> int:
+    """Check a concept folder, copy it into data/concepts/ and append it to the sequence."""
+    from lifelong_diffusion.arrivals import add_concept
+
+    project = Project(root)
+    with project.lock():  # never edit params.yaml under a running sequence
+        name = add_concept(project, source, name)
+    print(f"added {name} ({project.concept_dir(name)}) after "
+          f"{project.previous(name)} in {root / project.params_file}")
+    if not run_now:
+        print("learn it with `lifelong run` (only its steps and the registration run)")
+        return 0
+    return run(root, "dvc")
 
 
 def print_outcome(project: Project) -> None:
@@ -194,6 +211,10 @@ def parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"run the {name} stage")
     for name in ("ingest", "train", "evaluate"):
         sub.add_parser(name, help=f"run the {name} stage of one concept").add_argument("name")
+    a = sub.add_parser("add", help="add a concept folder to the end of the sequence")
+    a.add_argument("path", type=Path, help="folder with concept.yaml and 3-10 photos")
+    a.add_argument("--name", help="concept name (default: the folder's name)")
+    a.add_argument("--run", action="store_true", help="then learn it (`lifelong run`)")
     sv = sub.add_parser("serve", help="serve the sequence flow to a Prefect server")
     sv.add_argument("--cron", help="schedule, e.g. '0 3 * * *' for every night at 03:00")
     w = sub.add_parser("world-concepts", help="render world concept folders into data/concepts")
@@ -223,12 +244,14 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by the user's data or params: shown as one clear message, no traceback."""
     from flows.generate import PromptError
     from lifelong_diffusion.base_model import BaseModelError
+    from lifelong_diffusion.fileio import LockedError
     from lifelong_diffusion.ingest import ConceptDataError
     from lifelong_diffusion.project import ParamsError
     from lifelong_diffusion.snapshot import SnapshotError
     from tasks.tracking import TrackingUnavailable
 
-    return ConceptDataError, ParamsError, BaseModelError, SnapshotError, PromptError, TrackingUnavailable
+    return (ConceptDataError, ParamsError, BaseModelError, SnapshotError, PromptError,
+            TrackingUnavailable, LockedError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
 def dispatch(args) -> int:
     if args.command == "run":
         return run(args.project, args.engine, args.set_param, args.name)
+    if args.command == "add":
+        return add(args.project, args.path, args.name, args.run)
     if args.command == "serve":
         return serve(args.project, args.cron)
     if args.command == "world-concepts":

@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from lifelong_diffusion.cl_metrics import format_report
 from lifelong_diffusion.project import BASE, Project
+from tasks.arrivals import take_arrivals
 from tasks.base import prepare_base
 from tasks.continual import continual_summary
 from tasks.evaluate import evaluate
@@ -24,9 +26,27 @@ from tasks.train import train_step
 
 
 @flow(name="lifelong-sequence", log_prints=True)
-def lifelong_sequence(project_root: str = ".", force: bool = False) -> list[dict]:
-    """Learn every concept of params.yaml's sequence in order; returns one record per step."""
+def lifelong_sequence(project_root: str = ".", force: bool = False, new_concept: str = "",
+                      scan_inbox: bool = True) -> list[dict]:
+    """Learn every concept of params.yaml's sequence in order; returns one record per step.
+
+    Args:
+        project_root: the project folder (its params.yaml, data/, adapters/).
+        force: re-run every step even when its stored outputs are up to date.
+        new_concept: path of a concept folder (concept.yaml and 3-10 photos) to add to the
+            end of the sequence before the run; empty for none. A bad one is copied to
+            data/inbox/rejected/<name>/ with an error.txt and the run fails.
+        scan_inbox: first add every concept folder waiting in data/inbox/ (bad ones move to
+            data/inbox/rejected/<name>/ with an error.txt).
+    """
     root = str(Path(project_root).resolve())
+    project = Project(Path(root))
+    with project.lock():
+        take_arrivals(root, new_concept, scan_inbox)
+        return run_sequence(root, force)
+
+
+def run_sequence(root: str, force: bool) -> list[dict]:
     order = Project(Path(root)).sequence()
     prepare_base(root, force=force)
     for name in order:
@@ -48,10 +68,14 @@ def lifelong_sequence(project_root: str = ".", force: bool = False) -> list[dict
 
 def sequence_deployment(project_root: str = ".", cron: str | None = None):
     """The sequence flow as a deployment for this project: the Prefect UI can start it on
-    demand, and with `cron` the server's scheduler starts it on that schedule (e.g. nightly,
-    to pick up concepts added to params.yaml during the day)."""
+    demand (its form takes a new concept's path), and with `cron` the server's scheduler
+    starts it on that schedule (e.g. nightly, picking up concepts dropped into data/inbox/).
+    One run per project at a time: a run started while another runs waits for it."""
     root = str(Path(project_root).resolve())
     return lifelong_sequence.to_deployment(
         name=f"lifelong-{Path(root).name}", cron=cron, parameters={"project_root": root},
-        description=f"Lifelong personalization sequence of {root}",
+        description=f"Lifelong personalization sequence of {root}; new concepts: the "
+                    "`new_concept` parameter or folders in data/inbox/",
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
     )

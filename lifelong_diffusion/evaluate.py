@@ -117,6 +117,18 @@ def world_truth(processed_dir: Path) -> dict | None:
 _WEIGHT_FIELDS = ("clip_weights", "attribute_classifier", "dino_model")
 
 
+# The means only, for `dvc metrics show` (numbers, no hashes, no per-seed lists);
+# metrics.json keeps everything.
+SCORES_FILE = "scores.json"
+
+
+def scores_only(metrics: dict) -> dict:
+    def means(table: dict) -> dict:
+        return {name: {k: v for k, v in scores.items() if k != SAMPLES} for name, scores in table.items()}
+    return {"step": metrics["step"], "summary": metrics["summary"],
+            "per_concept": means(metrics["per_concept"]), "class_prompts": means(metrics["class_prompts"])}
+
+
 def eval_inputs_key(snapshot_dir: Path, cfg: EvalConfig, class_words: list[str] = ()) -> str:
     settings = asdict(cfg)
     for key in _WEIGHT_FIELDS:
@@ -172,6 +184,10 @@ def evaluate_snapshot(snapshot_dir: Path, processed_root: Path, out_dir: Path,
         metrics["note"] = ("evaluator has random weights (evaluate.clip_weights is null): "
                            "scores are reproducible but not meaningful")
     with atomic_dir(Path(out_dir)) as tmp:
+        kept = Path(out_dir) / ".gitignore"  # DVC's entry for grid.png, committed with the project
+        if kept.is_file():
+            (tmp / kept.name).write_bytes(kept.read_bytes())
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (tmp / SCORES_FILE).write_text(json.dumps(scores_only(metrics), indent=2) + "\n")
         image_grid(rows).save(tmp / "grid.png")
     return metrics

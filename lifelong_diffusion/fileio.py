@@ -7,6 +7,7 @@ so a crash or a validation error never leaves a half-written result behind.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
@@ -80,3 +81,25 @@ def _remove_old_copy(aside: Path) -> None:
         shutil.rmtree(aside)
     except OSError as exc:
         warnings.warn(f"could not delete replaced folder {aside}: {exc}", stacklevel=3)
+
+
+class LockedError(RuntimeError):
+    """Another process holds the lock: e.g. a second run of the same project."""
+
+
+@contextmanager
+def exclusive_lock(path: Path, holder: str) -> Iterator[None]:
+    """Hold an advisory lock on `path` for the block, or raise LockedError at once. The
+    kernel drops the lock when the process dies, so a killed run never blocks the next."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"{holder} is already running ({path} is locked by another "
+                              "process); wait for it to finish, then run again.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

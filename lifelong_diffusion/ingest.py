@@ -119,7 +119,9 @@ def ingest_concept(
     """
     # abspath (not resolve) folds ".." but keeps symlinked folder names as given.
     concept_dir, out_dir = Path(os.path.abspath(concept_dir)), Path(os.path.abspath(out_dir))
-    _check_arguments(concept_dir, out_dir, resolution, min_size, min_images, max_images)
+    if out_dir.is_relative_to(concept_dir) or concept_dir.is_relative_to(out_dir):
+        # replacing out_dir would delete the user's originals
+        raise ValueError(f"out_dir {out_dir} must not overlap concept_dir {concept_dir}")
     config, images = check_concept(concept_dir, resolution=resolution, min_size=min_size,
                                    min_images=min_images, max_images=max_images,
                                    taken_tokens=taken_tokens)
@@ -140,6 +142,7 @@ def check_concept(
     ConceptDataError listing all problems. `lifelong run` calls it for every concept
     before DVC touches any output."""
     concept_dir = Path(os.path.abspath(concept_dir))
+    check_settings(resolution, min_size, min_images, max_images)
     if not concept_dir.is_dir():
         raise ConceptDataError(
             f"{concept_dir}: concept folder does not exist; fix: create it with a "
@@ -161,23 +164,19 @@ def check_concept(
     return config, images
 
 
-def _check_arguments(
-    concept_dir: Path,
-    out_dir: Path,
-    resolution: int,
-    min_size: int,
-    min_images: int,
-    max_images: int,
-) -> None:
-    """Reject caller mistakes (not user-data problems), above all an ``out_dir``
-    overlapping ``concept_dir``: replacing it would delete the user's originals."""
+def check_settings(resolution: int, min_size: int, min_images: int = 3, max_images: int = 10) -> None:
+    """params.yaml's `ingest` values (a ValueError or TypeError: `lifelong run` names the file)."""
+    values = {"resolution": resolution, "min_size": min_size, "min_images": min_images,
+              "max_images": max_images}
+    wrong = [k for k, v in values.items() if not isinstance(v, int) or isinstance(v, bool)]
+    if wrong:
+        raise TypeError(f"{', '.join(wrong)} must be whole numbers, got "
+                        + ", ".join(f"{k}={values[k]!r}" for k in wrong))
     if resolution < 1 or min_size < 1 or not 1 <= min_images <= max_images:
         raise ValueError(
             f"need resolution >= 1, min_size >= 1 and 1 <= min_images <= max_images, got "
             f"{resolution=}, {min_size=}, {min_images=}, {max_images=}"
         )
-    if out_dir.is_relative_to(concept_dir) or concept_dir.is_relative_to(out_dir):
-        raise ValueError(f"out_dir {out_dir} must not overlap concept_dir {concept_dir}")
 
 
 # --- concept.yaml ---------------------------------------------------------

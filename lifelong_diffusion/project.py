@@ -14,9 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from .ingest import CONCEPT_FILE, CONCEPT_NAME, check_concept, read_concept_yaml
+from .fileio import exclusive_lock
+from .ingest import CONCEPT_FILE, CONCEPT_NAME, check_concept, check_settings, read_concept_yaml
 
 BASE = "base"  # name of S_0, the empty snapshot of the base model
+LOCK_FILE = ".lifelong.lock"
 
 
 class ParamsError(ValueError):
@@ -79,9 +81,17 @@ class Project:
             except (TypeError, ValueError) as exc:  # unknown key, bad value
                 raise ParamsError(f"{self.root / self.params_file}: {section}: {exc}") from exc
         settings = self.section("ingest")
+        try:
+            check_settings(**settings)
+        except (TypeError, ValueError) as exc:
+            raise ParamsError(f"{self.root / self.params_file}: ingest: {exc}") from exc
         for name in order:
             if self.concept_dir(name).exists() or not (self.processed_dir(name) / "manifest.json").exists():
                 check_concept(self.concept_dir(name), taken_tokens=self.taken_tokens(name), **settings)
+
+    def lock(self):
+        """One run of this project at a time (`lifelong run`, a deployment run, `lifelong add`)."""
+        return exclusive_lock(self.root / LOCK_FILE, f"a run of the project {self.root}")
 
     @property
     def summary_file(self) -> Path:

@@ -10,6 +10,7 @@ from lifelong_diffusion.cl_metrics import sequence_figures
 from lifelong_diffusion.project import BASE, Project
 from lifelong_diffusion.stamps import inputs_key
 
+from .artifacts import publish_report, publish_step
 from .tracking import default_tracking_uri, log_sequence_report, missing_versions, register_step
 
 
@@ -47,10 +48,13 @@ def figures_so_far(project: Project, name: str) -> dict | None:
 @task(name="register")
 def register(project_root: str, name: str, is_last: bool) -> dict:
     project = Project(Path(project_root))
-    snapshot = _snapshot(project, name)
-    return register_step(project.snapshot_dir(name), project.eval_dir(name),
-                         model_name=model_name_for(project, snapshot["method"]), is_last=is_last,
-                         so_far=figures_so_far(project, name), **sequence_run(project, snapshot))
+    snapshot, tracking = _snapshot(project, name), sequence_run(project, _snapshot(project, name))
+    registered = register_step(project.snapshot_dir(name), project.eval_dir(name),
+                               model_name=model_name_for(project, snapshot["method"]), is_last=is_last,
+                               so_far=figures_so_far(project, name), **tracking)
+    publish_step(name, snapshot["step"], registered["description"], registered,
+                 project.eval_dir(name) / "grid.png", tracking["tracking_uri"])
+    return registered
 
 
 @task(name="log-continual-report")
@@ -59,6 +63,7 @@ def log_report(project_root: str) -> str:
     project = Project(Path(project_root))
     summary = json.loads(project.summary_file.read_text())
     snapshot = _snapshot(project, project.sequence()[-1])
+    publish_report(summary, project.summary_file.parent)
     return log_sequence_report(project.summary_file.parent, summary, method=snapshot["method"],
                                **sequence_run(project, snapshot))
 

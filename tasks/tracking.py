@@ -103,6 +103,8 @@ def register_step(
         client.set_terminated(parent_id, "FINISHED")
     return {
         "run_id": run_id,
+        "experiment_id": experiment_id,
+        "description": page.description,
         "parent_run_id": parent_id,
         "model_name": model_name,
         "version": version,

@@ -11,6 +11,7 @@ from lifelong_diffusion.project import Project
 from lifelong_diffusion.stamps import stored_key
 from lifelong_diffusion.train import train_concept, train_inputs_key
 
+from .artifacts import TrainingProgress
 from .register import sequence_run
 from .tracking import LiveLoss, end_step_run, start_step_run
 
@@ -42,7 +43,8 @@ def train_step(project_root: str, name: str, force: bool = True) -> str:
     run_id = start_step_run(pending, inputs, **tracking)
     live, fingerprint = LiveLoss(run_id, tracking["tracking_uri"]), None
     try:
-        fingerprint = train_concept(prev_dir, data, out, cfg, on_step=live)
+        fingerprint = train_concept(prev_dir, data, out, cfg,
+                                    on_step=TrainingProgress(name, cfg.steps, then=live))
         live.flush()
     finally:
         end_step_run(run_id, fingerprint, tracking["tracking_uri"])

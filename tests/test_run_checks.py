@@ -38,6 +38,8 @@ def set_param(root: Path, section: str, key: str, value) -> None:
     lambda root: set_param(root, "train", "steps", -5),
     lambda root: set_param(root, "train", "steps", "abc"),
     lambda root: set_param(root, "train", "no_such_key", 1),
+    lambda root: set_param(root, "ingest", "resolution", 0),
+    lambda root: set_param(root, "ingest", "max_images", "ten"),
     lambda root: (root / "data" / "concepts" / FIRST / "notes.txt").write_text("stray"),
     lambda root: set_param(root, "sequence", "x;touch pwned-marker;echo", {"prev": FIRST}),
 ])

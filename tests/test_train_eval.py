@@ -270,7 +270,7 @@ def test_grid_shows_the_first_grid_seeds(run, tmp_path, monkeypatch):
 
 def test_grid(evaluated):
     files = sorted(p.name for p in (evaluated["out"] / "a").iterdir())
-    assert files == ["grid.png", "metrics.json"]
+    assert files == ["grid.png", "metrics.json", "scores.json"]
     with Image.open(evaluated["out"] / "a" / "grid.png") as grid:
         # 2 concepts + 2 class prompts as rows; 2 reference columns, then one column per seed;
         # 96px cells + 4px gaps
@@ -293,3 +293,24 @@ def test_evaluation_is_reproducible(evaluated):
     a = np.asarray(Image.open(evaluated["out"] / "a" / "grid.png"))
     b = np.asarray(Image.open(evaluated["out"] / "b" / "grid.png"))
     assert np.array_equal(a, b)
+
+
+def test_scores_file_holds_the_means_only(evaluated):
+    """`dvc metrics show` reads scores.json: numbers, no skip-key hash, no per-seed lists."""
+    scores = json.loads((evaluated["out"] / "a" / "scores.json").read_text())
+    metrics = evaluated["first"]
+
+    def leaves(tree):
+        for value in tree.values():
+            yield from leaves(value) if isinstance(value, dict) else [value]
+    assert all(isinstance(v, (int, float)) for v in leaves(scores))
+    assert scores["per_concept"][C1]["clip_i"] == metrics["per_concept"][C1]["clip_i"]
+    assert set(scores) == {"step", "summary", "per_concept", "class_prompts"}
+
+
+def test_re_evaluation_keeps_the_folders_gitignore(run, tmp_path):
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / ".gitignore").write_text("/grid.png\n")  # DVC's entry, committed with the project
+    evaluate_snapshot(run["adapters"] / C1, run["processed"], out, EVAL)
+    assert (out / ".gitignore").read_text() == "/grid.png\n"

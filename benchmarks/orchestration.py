@@ -1,0 +1,157 @@
+"""The orchestration tax: the default sequence through `lifelong run` (DVC + Prefect + MLflow)
+against the same work as plain library calls in one process.
+
+    python -m benchmarks.orchestration                 # params.yaml as shipped (about 20 min)
+    python -m benchmarks.orchestration --steps 20 --seeds 2   # a quick look
+
+Both runs start from a fresh copy of the project (data/concepts, params.yaml, dvc.yaml) in a
+temporary folder, one after the other, on the same cores. The plain run does what the stages
+do, in order, timed per phase: write S_0, ingest every concept, evaluate the base, then per
+concept train and evaluate, then the continual report; it registers nothing. The pipeline
+run's stages are timed from DVC's "Running stage" lines; each stage's extra time is its wall
+time minus the plain run's phase (process start, imports, Prefect flow and task bookkeeping),
+and registration has no plain counterpart. The last stdout line is one JSON object:
+{"ratio": .., "pipeline_seconds": .., "plain_seconds": .., "server_start_seconds": ..,
+ "extra_seconds": {"startup": .., "base": .., "ingest": .., "baseline": .., "train": ..,
+                   "evaluate": .., "continual": .., "register": ..}, "cores_idle": ..}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STAGE_LINE = re.compile(r"Running stage '([^'@]+)(?:@[^']*)?'")
+
+
+def make_project(root: Path, overrides: dict) -> Path:
+    root.mkdir(parents=True)
+    shutil.copy(REPO / "dvc.yaml", root)
+    shutil.copytree(REPO / "data" / "concepts", root / "data" / "concepts")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    # the shipped evaluators, read from the repository
+    for key in ("clip_weights", "attribute_classifier"):
+        if params["evaluate"].get(key):
+            params["evaluate"][key] = str(REPO / params["evaluate"][key])
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def pipeline_run(root: Path) -> dict:
+    """`lifelong run` in a fresh DVC repository; per-stage wall times from its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PREFECT_HOME=str(root / ".prefect"))
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True, env=env)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots", dirs_exist_ok=True)
+    start = time.perf_counter()
+    process = subprocess.Popen([str(BIN / "lifelong"), "run"], cwd=root, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    marks, server_ready = [], None
+    for line in process.stdout:
+        now = time.perf_counter() - start
+        if line.startswith("Prefect API:"):
+            server_ready = now
+        if match := STAGE_LINE.search(line):
+            marks.append((match.group(1), now))
+    if process.wait():
+        raise SystemExit(f"lifelong run failed in {root}")
+    total = time.perf_counter() - start
+    stages: dict[str, float] = {}
+    for (stage, at), (_, until) in zip(marks, [*marks[1:], ("end", total)]):
+        stages[stage] = stages.get(stage, 0.0) + until - at
+    # before the first stage: DVC's start, the Prefect server's start, the up-front checks
+    stages["startup"] = marks[0][1] if marks else total
+    return {"seconds": total, "server_start_seconds": server_ready, "stages": stages}
+
+
+def plain_run(root: Path) -> dict:
+    """The same sequence as library calls in this process, timed per phase."""
+    from lifelong_diffusion.continual import continual_report
+    from lifelong_diffusion.evaluate import evaluate_snapshot
+    from lifelong_diffusion.ingest import ingest_concept
+    from lifelong_diffusion.project import BASE, Project
+    from lifelong_diffusion.snapshot import empty_snapshot, save_snapshot
+    from lifelong_diffusion.train import train_concept
+
+    project = Project(root)
+    phases: dict[str, float] = {}
+
+    def timed(phase: str, work):
+        start = time.perf_counter()
+        result = work()
+        phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - start
+        return result
+
+    start = time.perf_counter()
+    order, cfg, eval_cfg = project.sequence(), project.train_config(), project.eval_config()
+    timed("base", lambda: save_snapshot(empty_snapshot(project.section("base")["model"]),
+                                        project.snapshot_dir(BASE)))
+    for name in order:
+        timed("ingest", lambda: ingest_concept(project.concept_dir(name), project.processed_dir(name),
+                                               taken_tokens=project.taken_tokens(name),
+                                               **project.section("ingest")))
+    words = project.class_words()
+    base = timed("baseline", lambda: evaluate_snapshot(project.snapshot_dir(BASE), project.processed_dir(),
+                                                       project.eval_dir(BASE), eval_cfg, words))
+    steps = []
+    for name in order:
+        timed("train", lambda: train_concept(project.snapshot_dir(project.previous(name)),
+                                             project.processed_dir(name), project.snapshot_dir(name),
+                                             cfg, progress=False))
+        steps.append(timed("evaluate", lambda: evaluate_snapshot(
+            project.snapshot_dir(name), project.processed_dir(), project.eval_dir(name), eval_cfg)))
+    timed("continual", lambda: continual_report(base, steps, project.summary_file.parent))
+    return {"seconds": time.perf_counter() - start, "phases": phases}
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, help="train.steps (default: params.yaml's)")
+    parser.add_argument("--seeds", type=int, help="evaluation seeds (default: params.yaml's)")
+    args = parser.parse_args(argv)
+    overrides = {"train": {}, "evaluate": {}}
+    if args.steps:
+        overrides["train"]["steps"] = args.steps
+    if args.seeds:
+        overrides["evaluate"]["seeds"] = list(range(args.seeds))
+    load_before = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        pipeline = pipeline_run(make_project(Path(tmp) / "pipeline", overrides))
+        print(f"pipeline: {pipeline['seconds']:.0f} s {pipeline['stages']}", flush=True)
+        plain = plain_run(make_project(Path(tmp) / "plain", overrides))
+        print(f"plain: {plain['seconds']:.0f} s {plain['phases']}", flush=True)
+    extra = {stage: round(seconds - plain["phases"].get(stage, 0.0), 1)
+             for stage, seconds in pipeline["stages"].items()}
+    result = {
+        "ratio": round(pipeline["seconds"] / plain["seconds"], 3),
+        "pipeline_seconds": round(pipeline["seconds"], 1), "plain_seconds": round(plain["seconds"], 1),
+        "server_start_seconds": pipeline["server_start_seconds"] and round(pipeline["server_start_seconds"], 1),
+        "extra_seconds": extra,
+        "stage_seconds": {k: round(v, 1) for k, v in pipeline["stages"].items()},
+        "phase_seconds": {k: round(v, 1) for k, v in plain["phases"].items()},
+        # a load average near 0 before the start means the cores were otherwise idle
+        "load_before": round(load_before, 2), "cores_idle": load_before < 0.5,
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
