@@ -248,10 +248,11 @@ def user_errors() -> tuple[type[Exception], ...]:
     from lifelong_diffusion.ingest import ConceptDataError
     from lifelong_diffusion.project import ParamsError
     from lifelong_diffusion.snapshot import SnapshotError
+    from lifelong_diffusion.train import ConfigError
     from tasks.tracking import TrackingUnavailable
 
     return (ConceptDataError, ParamsError, BaseModelError, SnapshotError, PromptError,
-            TrackingUnavailable, LockedError)
+            TrackingUnavailable, LockedError, ConfigError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ spelled out and checked here.
 from __future__ import annotations
 
 import json
+import tempfile
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,11 @@ class Project:
                 build()
             except (TypeError, ValueError) as exc:  # unknown key, bad value
                 raise ParamsError(f"{self.root / self.params_file}: {section}: {exc}") from exc
+        for folder in (self.root, self.root / "adapters", self.processed_dir(), self.root / "eval",
+                       self.summary_file.parent):
+            if folder.is_dir() and not writable(folder):  # else found only after the training
+                raise ParamsError(f"{folder} is not writable: the run stores its outputs there; "
+                                  "make it writable (e.g. chmod -R u+w) and run again.")
         settings = self.section("ingest")
         try:
             check_settings(**settings)
@@ -142,6 +148,16 @@ class Project:
             if getattr(cfg, key):
                 setattr(cfg, key, str(self.root / getattr(cfg, key)))
         return cfg
+
+
+def writable(folder: Path) -> bool:
+    """A file can be created in `folder` (a probe, not os.access: that says yes to root on a
+    read-only mount)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def sequence_order(sequence, source: Path) -> list[str]:

@@ -33,6 +33,10 @@ DEFAULT_TEMPLATES = ("a photo of {token} {class_word}", "a rendering of {token} 
                      "{token} {class_word}", "a picture of a {token} {class_word}")
 
 
+class ConfigError(ValueError):
+    """params.yaml's train values cannot continue the stored sequence (e.g. a changed LoRA rank)."""
+
+
 @dataclass
 class TrainConfig:
     method: str = "naive"
@@ -143,7 +147,7 @@ class Student:
     def _lora_settings(prev: Snapshot, cfg: TrainConfig) -> dict:
         wanted = lora_settings(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         if prev.lora and prev.lora != wanted:
-            raise ValueError(f"train.lora_* in params.yaml ({wanted}) differ from the settings the "
+            raise ConfigError(f"train.lora_* in params.yaml ({wanted}) differ from the settings the "
                              f"sequence was started with ({prev.lora}); restore them or restart "
                              "the sequence from the first concept.")
         return wanted

@@ -61,3 +61,20 @@ def test_stopped_tracking_server_fails_up_front_before_anything_runs(project, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lifelong run: error: the MLflow tracking server http://127.0.0.1:")
     assert "does not answer" in err[-1] and not (project / "dvc.lock").exists()
+
+
+def test_a_read_only_output_folder_is_found_before_training(project, monkeypatch, capsys):
+    """The probe is patched: as root (CI) chmod does not stop writes, a read-only mount would."""
+    from lifelong_diffusion import project as project_module
+
+    monkeypatch.setattr(project_module, "writable", lambda folder: folder.name != "adapters")
+    assert main(["--project", str(project), "run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lifelong run: error:") and "adapters is not writable" in err[-1]
+    assert not (project / "dvc.lock").exists()
+
+
+def test_writable_probe_on_a_real_folder(tmp_path):
+    from lifelong_diffusion.project import writable
+
+    assert writable(tmp_path) and not writable(tmp_path / "missing")

@@ -314,3 +314,13 @@ def test_re_evaluation_keeps_the_folders_gitignore(run, tmp_path):
     (out / ".gitignore").write_text("/grid.png\n")  # DVC's entry, committed with the project
     evaluate_snapshot(run["adapters"] / C1, run["processed"], out, EVAL)
     assert (out / ".gitignore").read_text() == "/grid.png\n"
+
+
+def test_a_changed_lora_rank_cannot_continue_the_sequence(run, tmp_path):
+    from dataclasses import replace
+
+    from lifelong_diffusion.train import ConfigError
+
+    with pytest.raises(ConfigError, match="differ from the settings the sequence was started with"):
+        train(run["adapters"] / C1, C2, tmp_path / "rank8", run["processed"], replace(TRAIN, lora_rank=8))
+    assert not (tmp_path / "rank8").exists()
