@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
-from PIL import Image
 
 from tasks.tracking import LATEST_ALIAS, default_tracking_uri, registry_summary
 
@@ -71,49 +69,6 @@ def stages_run(output: str) -> set[str]:
 
 def registry(project: Path, model: str = "lifelong-naive") -> list[dict]:
     return registry_summary(model, default_tracking_uri(project))
-
-
-def test_prefect_flow_runs_sequence_and_resumes(tmp_path, monkeypatch, prefect_api_url):
-    from flows.lifelong import lifelong_sequence
-
-    project = make_project(tmp_path / "project", CONCEPTS[:2])
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    records = lifelong_sequence(str(project))
-    first_log = (project / "adapters" / CONCEPTS[1] / "train_log.json").read_text()
-    again = lifelong_sequence(str(project))  # resume: everything is up to date
-
-    assert [r["concept"] for r in records] == CONCEPTS[:2]
-    assert [r["version"] for r in records] == ["1", "2"] == [r["version"] for r in again]
-    # nothing was retrained: the second run kept the snapshot (its log has the old timing)
-    assert (project / "adapters" / CONCEPTS[1] / "train_log.json").read_text() == first_log
-    metrics = yaml.safe_load((project / "eval" / CONCEPTS[1] / "metrics.json").read_text())
-    assert metrics["step"] == 2 and set(metrics["per_concept"]) == set(CONCEPTS[:2])
-    assert metrics["meaningful"] is False
-    grid = Image.open(project / "eval" / CONCEPTS[1] / "grid.png")
-    assert grid.height == 4 * 100  # 2 concepts + 2 class prompts
-    continual = yaml.safe_load((project / "metrics" / "continual.json").read_text())
-    R = continual["clip_i"]["R"]
-    assert continual["clip_i"]["concepts"] == CONCEPTS[:2] and R[0][1] is None
-    assert R[1] == [metrics["per_concept"][c]["clip_i"] for c in CONCEPTS[:2]]
-    assert continual["clip_i"]["F"] == pytest.approx(R[0][0] - R[1][0])
-    assert len(metrics["per_concept"][CONCEPTS[0]]["samples"]["clip_i"]) == 2  # one per seed
-    lo, hi = continual["clip_i"]["F_ci"]
-    assert lo <= hi and len(continual["drift"]["clip_t"]["drift_ci"]) == 2
-    base = yaml.safe_load((project / "eval" / "base" / "metrics.json").read_text())
-    assert base["step"] == 0 and base["per_concept"] == {}
-    drift = {w: base["class_prompts"][w]["clip_t"] - metrics["class_prompts"][w]["clip_t"]
-             for w in ("star", "heart")}
-    assert continual["drift"]["clip_t"]["per_class"] == pytest.approx(drift)
-    assert Image.open(project / "metrics" / "R_heatmap.png").width > 300
-    rows = registry(project)
-    assert [(r["version"], r["step"]) for r in rows] == [("1", 1), ("2", 2)]
-    assert rows[1]["aliases"] == sorted(["step-2", LATEST_ALIAS])
-    client = MlflowClient(default_tracking_uri(project))
-    (parent,) = client.search_runs([client.get_experiment_by_name("lifelong-diffusion").experiment_id],
-                                   "tags.`lifelong.kind` = 'sequence'")
-    assert parent.data.metrics["clip_i.F"] == pytest.approx(continual["clip_i"]["F"])
-    assert parent.data.metrics["clip_i.F_lo"] == pytest.approx(lo)
-    assert "continual/R_heatmap.png" in {f.path for f in client.list_artifacts(parent.info.run_id, "continual")}
 
 
 def test_dvc_repro_runs_chain_and_adding_a_concept_reruns_only_its_stages(tmp_path,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from flows.servers import background_server, free_port
 from tasks.tracking import LATEST_ALIAS, default_tracking_uri, registry_summary
@@ -134,3 +135,38 @@ def test_inbox_and_run_form_concepts_become_versions_one_run_at_a_time(tmp_path,
     assert set(found) == {"new-concepts", "step-2-" + arriving, "continual-report", "train-" + arriving}
     assert "Registered as **lifelong-naive** version 2" in found["step-2-" + arriving].data
     assert "A=" in found["continual-report"].data and found["train-" + arriving].data == 100.0
+    # the later run resumed: the steps the earlier run learnt (first and the inbox's, in
+    # either order of the runs) were skipped, not retrained
+    for name in order[:2]:
+        snapshot = project / "adapters" / name / "snapshot.json"
+        assert snapshot.stat().st_mtime < later.start_time.timestamp()
+    check_outputs(project, order)
+
+
+def check_outputs(project: Path, order: list[str]) -> None:
+    """What the flow leaves after the last step: metrics, grid, R, drift, the MLflow report."""
+    from mlflow import MlflowClient
+
+    metrics = yaml.safe_load((project / "eval" / order[-1] / "metrics.json").read_text())
+    assert metrics["step"] == 3 and set(metrics["per_concept"]) == set(order)
+    assert metrics["meaningful"] is False
+    assert Image.open(project / "eval" / order[-1] / "grid.png").height == 6 * 100  # 3 concepts + 3 class prompts
+    continual = yaml.safe_load((project / "metrics" / "continual.json").read_text())
+    R = continual["clip_i"]["R"]
+    assert continual["clip_i"]["concepts"] == order and R[0][1] is None
+    assert R[2] == [metrics["per_concept"][c]["clip_i"] for c in order]
+    assert len(metrics["per_concept"][order[0]]["samples"]["clip_i"]) == 2  # one per seed
+    lo, hi = continual["clip_i"]["F_ci"]
+    assert lo <= hi and len(continual["drift"]["clip_t"]["drift_ci"]) == 2
+    base = yaml.safe_load((project / "eval" / "base" / "metrics.json").read_text())
+    assert base["step"] == 0 and base["per_concept"] == {}
+    words = list(base["class_prompts"])
+    drift = {w: base["class_prompts"][w]["clip_t"] - metrics["class_prompts"][w]["clip_t"] for w in words}
+    assert continual["drift"]["clip_t"]["per_class"] == pytest.approx(drift)
+    assert Image.open(project / "metrics" / "R_heatmap.png").width > 300
+    client = MlflowClient(default_tracking_uri(project))
+    (parent,) = client.search_runs([client.get_experiment_by_name("lifelong-diffusion").experiment_id],
+                                   "tags.`lifelong.kind` = 'sequence'")
+    assert parent.data.metrics["clip_i.F"] == pytest.approx(continual["clip_i"]["F"])
+    assert parent.data.metrics["clip_i.F_lo"] == pytest.approx(lo)
+    assert "continual/R_heatmap.png" in {f.path for f in client.list_artifacts(parent.info.run_id, "continual")}
