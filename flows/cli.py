@@ -167,8 +167,9 @@ class OneLineUserErrors(logging.Filter):
     (The records still reach the Prefect server: the UI keeps the traceback.)"""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, user_errors())
+        if not record.exc_info:
+            return True  # checked first: user_errors() imports torch (~10 s) for PromptError
+        return not isinstance(record.exc_info[1], user_errors())
 
 
 def quiet_user_error_tracebacks() -> None:
