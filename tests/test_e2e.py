@@ -149,6 +149,12 @@ def test_sequence_deployment_carries_schedule_and_project(tmp_path):
     assert deployment.name == "lifelong-nightly"
     assert deployment.parameters == {"project_root": str(project.resolve())}
     assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+    # the UI's "Custom run" form: every parameter with its description
+    form = deployment._parameter_openapi_schema.properties
+    assert set(form) == {"project_root", "force", "new_concept", "scan_inbox"}
+    assert "concept folder" in form["new_concept"]["description"]
+    assert "data/inbox/" in form["scan_inbox"]["description"]
+    assert deployment.concurrency_limit == 1  # one run per project; more wait (ENQUEUE)
 
 
 def test_serve_without_a_server_explains_how_to_start_one(monkeypatch, capsys):
