@@ -15,7 +15,7 @@ from PIL import Image
 
 from flows.servers import background_server, free_port
 from tasks.tracking import LATEST_ALIAS, default_tracking_uri, registry_summary
-from test_e2e import BIN, CONCEPTS, make_project
+from tests.test_e2e import BIN, CONCEPTS, make_project
 
 pytestmark = pytest.mark.slow
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
 from PIL import Image
-from safetensors.numpy import save_file
 
 from flows.servers import background_server, free_port
+from lifelong_diffusion.snapshot import Snapshot, save_snapshot
 from tasks.tracking import LATEST_ALIAS, register_step, registry_summary
 
 CONCEPTS = [("striped-star", "star"), ("dotted-heart", "heart"), ("wavy-moon", "moon")]
@@ -35,23 +34,14 @@ def make_step(root: Path, step: int, lr: float = 1e-4) -> tuple[Path, Path]:
         {"name": n, "token": f"<c{i}>", "class_word": w}
         for i, (n, w) in enumerate(CONCEPTS[:step], start=1)
     ]
-    snapshot = {
-        "format": 1,
-        "step": step,
-        "name": name,
-        "method": "naive",
-        "base_model": "tiny-random",
-        "concepts": concepts,
-        "lora": None,
-        "config": {"steps": 50, "lr": lr, "lora_rank": 4, "scheduler": "constant"},
-    }
-    snapshot["fingerprint"] = hashlib.sha256(json.dumps(snapshot).encode()).hexdigest()
-    (snapshot_dir / "snapshot.json").write_text(json.dumps(snapshot))
+    # a real snapshot (its fingerprint is checked on load); the adapter's content follows lr
     losses = [1.0 / (i + 1) for i in range(LOSS_LENGTHS[step])]
-    (snapshot_dir / "train_log.json").write_text(json.dumps({"loss": losses, "seconds": 1.5}))
-    adapter = {"lora_A": np.full((4, 8), lr, np.float32)}
-    save_file(adapter, str(snapshot_dir / "adapter.safetensors"))
-    save_file({c["token"]: np.zeros(8, np.float32) for c in concepts}, str(snapshot_dir / "tokens.safetensors"))
+    save_snapshot(Snapshot(step=step, name=name, method="naive", base_model="tiny-random",
+                           concepts=concepts, lora=None,
+                           config={"steps": 50, "lr": lr, "lora_rank": 4, "scheduler": "constant"},
+                           adapter={"lora_A": torch.full((4, 8), lr)},
+                           tokens={c["token"]: torch.zeros(8) for c in concepts}),
+                  snapshot_dir, train_log={"loss": losses, "seconds": 1.5})
     per_concept = {c["name"]: {"clip_i": 0.5, "clip_t": 0.2} for c in concepts}
     metrics = {
         "step": step,
