@@ -42,7 +42,7 @@ def add_concept(project: Project, source: Path, name: str | None = None) -> str:
     if not CONCEPT_NAME.fullmatch(name) or name == BASE:
         raise ConceptDataError(f"{source}: {name!r} is not a concept name; fix: pass --name with "
                                "1-64 lowercase letters, digits, '_' or '-' (not 'base')")
-    order = project.sequence() if (project.params.get("sequence") or None) else []
+    order = project.sequence() if project.params.get("sequence") else []
     target = project.concept_dir(name)
     if name in order or target.exists():
         raise ConceptDataError(f"{source}: a concept named '{name}' already exists "
