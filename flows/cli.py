@@ -54,7 +54,6 @@ def run(root: Path, engine: str, set_params: list[str] = (), name: str | None = 
         from flows.lifelong import lifelong_sequence
 
         quiet_user_error_tracebacks()
-
         lifelong_sequence(str(root))
         return 0
     from flows.servers import die_with_parent, prefect_api
@@ -184,7 +183,6 @@ def stage(args) -> None:
     from flows import stages as f
 
     quiet_user_error_tracebacks()
-
     root = str(args.project)
     {
         "pretrain": lambda: f.pretrain_flow(root),

@@ -111,12 +111,6 @@ def world_truth(processed_dir: Path) -> dict | None:
     return (manifest.get("extra") or {}).get("world")
 
 
-# The evaluators named by a file or folder path. The key records their content, not their
-# path: a project moved to another folder (or evaluated from a clone) keeps its evaluations,
-# and replaced weights invalidate them.
-_WEIGHT_FIELDS = ("clip_weights", "attribute_classifier", "dino_model")
-
-
 # The means only, for `dvc metrics show` (numbers, no hashes, no per-seed lists);
 # metrics.json keeps everything.
 SCORES_FILE = "scores.json"
@@ -127,6 +121,12 @@ def scores_only(metrics: dict) -> dict:
         return {name: {k: v for k, v in scores.items() if k != SAMPLES} for name, scores in table.items()}
     return {"step": metrics["step"], "summary": metrics["summary"],
             "per_concept": means(metrics["per_concept"]), "class_prompts": means(metrics["class_prompts"])}
+
+
+# The evaluators named by a file or folder path. The key records their content, not their
+# path: a project moved to another folder (or evaluated from a clone) keeps its evaluations,
+# and replaced weights invalidate them.
+_WEIGHT_FIELDS = ("clip_weights", "attribute_classifier", "dino_model")
 
 
 def eval_inputs_key(snapshot_dir: Path, cfg: EvalConfig, class_words: list[str] = ()) -> str:

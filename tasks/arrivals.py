@@ -8,7 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from lifelong_diffusion.arrivals import INBOX, REJECTED, add_concept, reject, take_inbox
+from lifelong_diffusion.arrivals import INBOX, REJECTED, InboxOutcome, add_concept, reject, take_inbox
 from lifelong_diffusion.ingest import ConceptDataError
 from lifelong_diffusion.project import ParamsError, Project
 
@@ -18,8 +18,8 @@ def take_arrivals(project_root: str, new_concept: str = "", scan_inbox: bool = T
     """{"added": [names], "rejected": {folder: reason}}; a bad `new_concept` is copied (the
     user's folder stays where it is) to the inbox's rejected/ and fails the run."""
     project = Project(Path(project_root))
-    outcome = take_inbox(project) if scan_inbox else None
-    added, rejected = (outcome.added, outcome.rejected) if outcome else ([], {})
+    outcome = take_inbox(project) if scan_inbox else InboxOutcome()
+    added, rejected = outcome.added, outcome.rejected
     if new_concept:
         source = Path(new_concept).expanduser()
         try:

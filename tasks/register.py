@@ -48,7 +48,8 @@ def figures_so_far(project: Project, name: str) -> dict | None:
 @task(name="register")
 def register(project_root: str, name: str, is_last: bool) -> dict:
     project = Project(Path(project_root))
-    snapshot, tracking = _snapshot(project, name), sequence_run(project, _snapshot(project, name))
+    snapshot = _snapshot(project, name)
+    tracking = sequence_run(project, snapshot)
     registered = register_step(project.snapshot_dir(name), project.eval_dir(name),
                                model_name=model_name_for(project, snapshot["method"]), is_last=is_last,
                                so_far=figures_so_far(project, name), **tracking)
