@@ -129,6 +129,23 @@ def test_base_dataset_excludes_heldout_and_patterns_unless_asked():
     assert HELDOUT_COMBOS <= with_heldout
 
 
+def test_patterned_base_scenes_never_wear_a_concepts_pattern_and_always_name_it():
+    from lifelong_diffusion.world.pretrain import CONCEPT_PATTERNS, PretrainConfig, caption_batch
+    from lifelong_diffusion.world.render import base_scenes
+
+    scenes = base_scenes(2000, seed=3, spread=0.3, pattern_fraction=0.3, excluded_patterns=CONCEPT_PATTERNS)
+    patterned = [s for s in scenes if s.pattern]
+    assert 0.25 < len(patterned) / len(scenes) < 0.35
+    assert not {(s.shape, s.pattern) for s in patterned} & CONCEPT_PATTERNS
+    assert {s.pattern for s in patterned} == set(PATTERNS) and ("star", "stripes") in CONCEPT_PATTERNS
+    # No patterns asked for: exactly the plain scenes base_dataset renders.
+    assert [caption(s) for s in base_scenes(50, seed=3)] == [t for _, t in base_dataset(50, seed=3)]
+    texts = caption_batch(patterned[:300], np.random.default_rng(0), PretrainConfig(partial_caption_prob=0.5))
+    # Every non-empty caption of a patterned object names its pattern, partial ones too.
+    assert all(f"{s.pattern_color} {s.pattern}" in t for s, t in zip(patterned, texts) if t)
+    assert sum(t != caption(s) and t != "" for s, t in zip(patterned, texts)) > 100
+
+
 def test_sample_scene_keeps_fixed_attributes():
     rng = np.random.default_rng(0)
     s = sample_scene(rng, shape="star", pattern="dots")

@@ -14,7 +14,7 @@ from lifelong_diffusion.world.build import WorldBuildConfig, build_world_models
 from lifelong_diffusion.world.evaluator import WORLD_CLIP
 from lifelong_diffusion.world.render import Scene, render
 
-TINY = {"n_images": 64, "vae_steps": 2, "vae_batch": 8, "steps": 2, "batch_size": 8,
+TINY = {"pattern_fraction": 0.3, "n_images": 64, "vae_steps": 2, "vae_batch": 8, "steps": 2, "batch_size": 8,
         "warmup_steps": 1, "log_every": 1, "clip_steps": 3, "clip_pool": 64, "attribute_steps": 2,
         "attribute_pool": 64}
 
@@ -51,6 +51,8 @@ def test_build_report_and_unknown_params(tiny_world):
     assert report["base"]["unet_steps"] == 2 and report["config"]["clip_steps"] == 3
     assert report["pretrain_seconds"] >= report["base"]["pretrain_seconds"] > 0
     assert (tiny_world / "attributes.safetensors").stat().st_size > 0
+    # the classifier is also scored on the base VAE's reconstructions, which it trains on
+    assert set(report["attributes"]["accuracy_through_vae"]) == {"shape", "color", "pattern", "pattern_color"}
     with pytest.raises(ValueError, match="unknown keys.*'stesp'"):
         WorldBuildConfig.from_params({"stesp": 3})
 

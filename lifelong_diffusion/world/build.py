@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from diffusers import AutoencoderKL
+
 from ..fileio import atomic_dir
 from . import attributes, evaluator
 from .pretrain import PretrainConfig, pretrain_world_model
@@ -28,6 +30,7 @@ class WorldBuildConfig:
     clip_pool: int = 20000  # fresh renders the CLIP draws its batches from
     attribute_steps: int = 4000  # five heads (pattern colour too)
     attribute_pool: int = 16000
+    attribute_vae_fraction: float = 0.5  # share of its renders seen through the base's VAE
 
     @classmethod
     def from_params(cls, section: dict) -> "WorldBuildConfig":
@@ -46,7 +49,7 @@ def build_world_models(cfg: WorldBuildConfig, out_dir: Path, log=print) -> dict:
     """Pretrain the base, then train the CLIP and the attribute classifier; returns pretrain.json."""
     with atomic_dir(Path(out_dir)) as tmp:
         report = {"base": pretrain_world_model(cfg.base, tmp / "base", log),
-                  **train_evaluators(cfg, tmp, log)}
+                  **train_evaluators(cfg, tmp, tmp / "base", log)}
         report["config"] = asdict(cfg)
         report["pretrain_seconds"] = (report["base"]["pretrain_seconds"] + report["clip"]["seconds"]
                                       + report["attributes"]["seconds"])
@@ -54,11 +57,11 @@ def build_world_models(cfg: WorldBuildConfig, out_dir: Path, log=print) -> dict:
     return report
 
 
-def train_evaluators(cfg: WorldBuildConfig, out_dir: Path, log=print) -> dict:
+def train_evaluators(cfg: WorldBuildConfig, out_dir: Path, base_dir: Path, log=print) -> dict:
     """The world CLIP and the attribute classifier into out_dir; their part of pretrain.json.
 
-    They are the only models that see personal patterns, so a change to how patterns are drawn
-    needs these two retrained, never the base."""
+    The classifier also learns from the VAE of the base pipeline in base_dir, so a new base
+    needs it retrained; a change to how patterns are drawn needs both retrained."""
     seed = cfg.base.seed
     start = time.perf_counter()
     clip = evaluator.train_world_clip(seed, cfg.clip_steps, pool_size=cfg.clip_pool, log=log)
@@ -66,9 +69,11 @@ def train_evaluators(cfg: WorldBuildConfig, out_dir: Path, log=print) -> dict:
     report = {"clip": {"seconds": time.perf_counter() - start,
                        "zero_shot": evaluator.zero_shot_accuracy(clip)}}
     start = time.perf_counter()
-    classifier = attributes.train_attribute_classifier(seed, cfg.attribute_steps,
-                                                       pool_size=cfg.attribute_pool)
+    vae = AutoencoderKL.from_pretrained(Path(base_dir) / "vae").eval()
+    classifier = attributes.train_attribute_classifier(seed, cfg.attribute_steps, pool_size=cfg.attribute_pool,
+                                                       vae=vae, vae_fraction=cfg.attribute_vae_fraction)
     attributes.save(classifier, out_dir / "attributes.safetensors")
     report["attributes"] = {"seconds": time.perf_counter() - start,
-                            "accuracy": attributes.accuracy(classifier)}
+                            "accuracy": attributes.accuracy(classifier),
+                            "accuracy_through_vae": attributes.accuracy(classifier, vae=vae)}
     return report

@@ -1,4 +1,7 @@
-"""Personal concepts: patterned objects the base model has no words for.
+"""Personal concepts: patterned objects the base model has never drawn.
+
+The base knows shapes, colours and patterns, but never saw a concept's shape with its
+pattern (pretrain.CONCEPT_PATTERNS), so it cannot draw "a yellow star with blue stripes".
 
 Each concept stands in for a user's own object ("my striped star"). Its few
 "photos" are rendered from the world, and the ground truth written next to them

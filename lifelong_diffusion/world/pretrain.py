@@ -9,7 +9,8 @@ Three stages, each cheap because the one before froze something:
    and an EMA copy, which is what gets saved.
 
 The result is an ordinary diffusers `StableDiffusionPipeline` folder: loading it
-needs no project code. Held-out colour x shape pairs and patterns never appear.
+needs no project code. Held-out colour x shape pairs and the personal concepts'
+shape x pattern pairs never appear.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from ..backbone import Conditioning, unet_forward
 from ..diffusion import denoising_target, snr_weight
 from ..tokenizer import build_clip_tokenizer
-from .render import COLORS, HELDOUT_COMBOS, SHAPES, _article, base_dataset
+from .concepts import CONCEPTS
+from .render import COLORS, HELDOUT_COMBOS, SHAPES, Scene, _article, base_scenes, caption, object_phrase, render
 
 
 @dataclass
@@ -83,6 +85,11 @@ class PretrainConfig:
     cond_dropout: float = 0.1  # empty caption this often, so classifier-free guidance works
     # "a star", "a photo of a red star": the kind of prompt identifiers and class prompts use
     partial_caption_prob: float = 0.3
+    # Share of patterned objects ("a red heart with blue stripes"), never on a personal
+    # concept's shape x pattern pair. With none (sessions 1-8) the base had never drawn a
+    # pattern, and one LoRA step had to learn the concept's pattern from five photos while
+    # keeping its outline: patterns 0.80, shape and pattern together 0.63 (12 concepts).
+    pattern_fraction: float = 0.0
     log_every: int = 100
     save_every: int | None = None  # also write the EMA pipeline every N UNet steps (inspect a long run early)
 
@@ -146,35 +153,33 @@ def to_pixels(images) -> torch.Tensor:
     return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1
 
 
-def partial_caption(rng: np.random.Generator, shape: str, color: str, background: str) -> str:
+def partial_caption(rng: np.random.Generator, scene: Scene) -> str:
     """A shorter description of the same scene ("a star", "a photo of a red star", ...).
 
     Downstream prompts name only the class word ("a photo of a star"); without these
     the base would never have seen a caption that leaves colour or background open.
+    A pattern is always named, so a caption without one keeps meaning a plain object,
+    as the class prompts' "still plain" figure assumes.
     """
-    obj = f"{_article(color)} {color} {shape}" if rng.random() < 0.5 else f"{_article(shape)} {shape}"
+    obj = object_phrase(scene.shape, scene.color) if rng.random() < 0.5 else f"{_article(scene.shape)} {scene.shape}"
+    if scene.pattern:
+        obj = f"{obj} with {scene.pattern_color} {scene.pattern}"
     if rng.random() < 0.5:
-        obj = f"{obj} on {_article(background)} {background} background"
+        obj = f"{obj} on {_article(scene.background)} {scene.background} background"
     return f"a photo of {obj}" if rng.random() < 0.5 else obj
 
 
-def parse_caption(text: str) -> tuple[str, str, str]:
-    """(shape, color, background) of a full base caption 'a red star on a gray background'."""
-    words = text.split()
-    return words[2], words[1], words[5]
-
-
-def caption_batch(captions: list[str], rng: np.random.Generator, cfg: PretrainConfig) -> list[str]:
+def caption_batch(scenes: list[Scene], rng: np.random.Generator, cfg: PretrainConfig) -> list[str]:
     """Training text for one batch: mostly the full caption, some partial, some empty."""
     out = []
-    for text in captions:
+    for scene in scenes:
         u = rng.random()
         if u < cfg.cond_dropout:
             out.append("")
         elif u < cfg.cond_dropout + cfg.partial_caption_prob:
-            out.append(partial_caption(rng, *parse_caption(text)))
+            out.append(partial_caption(rng, scene))
         else:
-            out.append(text)
+            out.append(caption(scene))
     return out
 
 
@@ -342,7 +347,7 @@ def lr_factor(step: int, progress: float, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train_diffusion(cfg: PretrainConfig, latents: torch.Tensor, captions: list[str],
+def train_diffusion(cfg: PretrainConfig, latents: torch.Tensor, scenes: list[Scene],
                     tokenizer, gen: torch.Generator, rng: np.random.Generator, log,
                     budget: float = math.inf, checkpoint=None):
     """Train UNet + text encoder for `cfg.steps` or `budget` seconds; returns their EMA copies and stats.
@@ -362,7 +367,7 @@ def train_diffusion(cfg: PretrainConfig, latents: torch.Tensor, captions: list[s
             g["lr"] = cfg.lr * lr_factor(step, progress, cfg.warmup_steps)
         pick = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
         x0 = latents[pick]
-        texts = caption_batch([captions[i] for i in pick.tolist()], rng, cfg)
+        texts = caption_batch([scenes[i] for i in pick.tolist()], rng, cfg)
         losses.append(diffusion_step(unet, text, scheduler, opt, x0, texts, gen, cfg.min_snr_gamma))
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # warm-up so early EMA is not the random init
         ema_update(ema_unet, unet, decay)
@@ -382,6 +387,10 @@ def train_diffusion(cfg: PretrainConfig, latents: torch.Tensor, captions: list[s
 # ---------------------------------------------------------------- the whole recipe
 
 
+# What keeps the concepts personal: the base never draws a star with stripes or a heart with dots.
+CONCEPT_PATTERNS = frozenset((spec.shape, spec.pattern) for spec in CONCEPTS)
+
+
 def seen_prompts() -> list[tuple[str, str]]:
     """(color, shape) pairs the base is trained on."""
     return [(c, s) for s in SHAPES for c in COLORS if (c, s) not in HELDOUT_COMBOS]
@@ -396,8 +405,9 @@ def pretrain_world_model(cfg: PretrainConfig, out_dir, log=print) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 1])
     t0 = time.perf_counter()
-    data = base_dataset(cfg.n_images, cfg.seed, cfg.image_size, spread=cfg.position_spread)
-    pixels, captions = to_pixels([im for im, _ in data]), [c for _, c in data]
+    scenes = base_scenes(cfg.n_images, cfg.seed, spread=cfg.position_spread,
+                         pattern_fraction=cfg.pattern_fraction, excluded_patterns=CONCEPT_PATTERNS)
+    pixels = to_pixels([render(scene, cfg.image_size) for scene in scenes])
     t_data = time.perf_counter()
     vae, vae_loss = train_vae(cfg, pixels, gen, log)
     latents = encode_dataset(vae, pixels)
@@ -414,7 +424,7 @@ def pretrain_world_model(cfg: PretrainConfig, out_dir, log=print) -> dict:
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         ).save_pretrained(out_dir)
 
-    unet, text_encoder, scheduler, stats = train_diffusion(cfg, latents * scale, captions,
+    unet, text_encoder, scheduler, stats = train_diffusion(cfg, latents * scale, scenes,
                                                            tokenizer, gen, rng, log, budget, save)
     save(unet, text_encoder, scheduler)
     return {

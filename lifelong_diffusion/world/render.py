@@ -1,16 +1,17 @@
 """Procedural world of captioned shape images.
 
 The world is deliberately tiny and fully known: a base model pretrained on it can
-describe every plain scene ("a red star on a gray background"), while patterned
-instances ("a red star with blue stripes ...") lie outside its vocabulary and play
-the personal concepts learned later. Everything is seeded, so datasets, concept
-photos and evaluations are reproducible pixel for pixel.
+describe plain scenes ("a red star on a gray background") and, as a real base knows
+"striped" and "dotted", patterned ones ("a red heart with blue stripes ..."), except
+the shape x pattern pairs of the personal concepts learned later: no base caption
+ever names a striped star. Everything is seeded, so datasets, concept photos and
+evaluations are reproducible pixel for pixel.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -47,7 +48,7 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "beige": (225, 205, 165),
 }
 
-# Personal patterns: never named in base captions, so the base model cannot say them.
+# Patterns; a base caption names one only on shapes no personal concept wears it on.
 PATTERNS = ("stripes", "dots", "checks", "rings")
 
 
@@ -243,9 +244,27 @@ def sample_scene(
     return Scene(shape, color, background, pattern, pattern_color, cx, cy, size, rotation)
 
 
+def base_scenes(n: int, seed: int, include_heldout: bool = False, spread: float = 1.0,
+                pattern_fraction: float = 0.0,
+                excluded_patterns: frozenset[tuple[str, str]] = frozenset()) -> list[Scene]:
+    """`n` pretraining scenes; a `pattern_fraction` share get a random pattern and pattern
+    colour, never one whose (shape, pattern) pair is in `excluded_patterns`. A prefix of a
+    longer run with the same seed; with no patterns, the same scenes as before patterns existed."""
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for _ in range(n):
+        scene = sample_scene(rng, include_heldout=include_heldout, spread=spread)
+        if pattern_fraction and rng.random() < pattern_fraction:
+            allowed = [p for p in PATTERNS if (scene.shape, p) not in excluded_patterns]
+            if allowed:
+                scene = replace(scene, pattern=_pick(rng, allowed),
+                                pattern_color=_pick(rng, [c for c in COLORS if c != scene.color]))
+        scenes.append(scene)
+    return scenes
+
+
 def base_dataset(n: int, seed: int, size: int = 32, include_heldout: bool = False,
                  spread: float = 1.0) -> list[tuple[Image.Image, str]]:
-    """`n` plain (image, caption) pairs for pretraining; a prefix of a longer run with the same seed."""
-    rng = np.random.default_rng(seed)
-    scenes = [sample_scene(rng, include_heldout=include_heldout, spread=spread) for _ in range(n)]
-    return [(render(scene, size), caption(scene)) for scene in scenes]
+    """`n` plain (image, caption) pairs (base_scenes without patterns)."""
+    return [(render(scene, size), caption(scene))
+            for scene in base_scenes(n, seed, include_heldout, spread)]
