@@ -161,9 +161,8 @@ def partial_caption(rng: np.random.Generator, scene: Scene) -> str:
     A pattern is always named, so a caption without one keeps meaning a plain object,
     as the class prompts' "still plain" figure assumes.
     """
-    obj = object_phrase(scene.shape, scene.color) if rng.random() < 0.5 else f"{_article(scene.shape)} {scene.shape}"
-    if scene.pattern:
-        obj = f"{obj} with {scene.pattern_color} {scene.pattern}"
+    color = scene.color if rng.random() < 0.5 else None
+    obj = object_phrase(scene.shape, color, scene.pattern, scene.pattern_color)
     if rng.random() < 0.5:
         obj = f"{obj} on {_article(scene.background)} {scene.background} background"
     return f"a photo of {obj}" if rng.random() < 0.5 else obj

@@ -191,10 +191,11 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def object_phrase(shape: str, color: str, pattern: str | None = None,
+def object_phrase(shape: str, color: str | None, pattern: str | None = None,
                   pattern_color: str | None = None) -> str:
-    """'a red star', or 'a red star with blue stripes' for a patterned one."""
-    phrase = f"{_article(color)} {color} {shape}"
+    """'a red star', 'a red star with blue stripes' for a patterned one; without a colour
+    'a star' or 'a star with blue stripes'."""
+    phrase = f"{_article(color)} {color} {shape}" if color else f"{_article(shape)} {shape}"
     return phrase if pattern is None else f"{phrase} with {pattern_color} {pattern}"
 
 
