@@ -12,7 +12,11 @@ the world with `--seed` (the shipped data/concepts are seed 0). With `--orders K
 runs K sequences: order 0 is the given one with photo seed --seed, order k a permutation of
 the same concepts drawn with random.Random(k), photos rendered with seed --seed + k. Each
 figure is the mean over the orders, with an interval: min and max over the orders (K > 1), or
-with one order the 95% bootstrap interval over the evaluation seeds. Prints a table, writes a
+with one order the 95% bootstrap interval over the evaluation seeds. With `--runs DIR` each
+(method, order) run's figures and R heatmap are kept in DIR under a key of everything they come
+from (the library's code, the world's models, params.yaml, the order and its photo seed), and a
+run whose key is stored is read back instead of run again: a table of hours can be built over
+several sittings, and any change to the code or params runs it afresh. Prints a table, writes a
 markdown report with one R heatmap per method (order 0), a plot of forgetting against
 sequence length, and whether each method's F and LA differ from naive's and independent's
 beyond the intervals, and ends with one JSON line:
@@ -38,15 +42,19 @@ import torch
 from lifelong_diffusion.cl_metrics import RESAMPLES, SCORES, forgetting_by_length, format_figure
 from lifelong_diffusion.continual import HEATMAP, continual_report
 from lifelong_diffusion.evaluate import evaluate_snapshot
+from lifelong_diffusion.fileio import sha256_file
 from lifelong_diffusion.ingest import ingest_concept
 from lifelong_diffusion.methods import METHODS
 from lifelong_diffusion.plots import forgetting_curves
+from lifelong_diffusion.presets import WORLD_DIR
 from lifelong_diffusion.project import BASE, Project
 from lifelong_diffusion.snapshot import empty_snapshot, read_train_log, save_snapshot
+from lifelong_diffusion.stamps import content_hash, inputs_key
 from lifelong_diffusion.train import train_concept
 from lifelong_diffusion.world import DEFAULT_SEQUENCE, LONG_SEQUENCE, concept_by_name, write_concept_folder
 
 REPO = Path(__file__).resolve().parents[1]
+LIBRARY = REPO / "lifelong_diffusion"
 FIGURES = ("A", "F", "BWT", "LA")
 # Method-specific per-step figures of train_log.json, averaged over the steps that have them.
 LOGGED = ("fisher_seconds", "update_norm")
@@ -94,6 +102,33 @@ def run_method(method: str, project: Project, names: list[str], processed: Path,
         values = [log[key] for log in logs if key in log]
         summary[key] = values or None
     return summary
+
+
+def run_key(method: str, project: Project, order: list[str], seed: int) -> str:
+    """Everything one run's figures come from: the library's code, the world's models,
+    params.yaml's sections (with train.method replaced; other methods' params left out, so
+    tuning one method keeps the others' runs), the concept order and its photo seed."""
+    code = [[f.relative_to(LIBRARY).as_posix(), sha256_file(f)] for f in sorted(LIBRARY.rglob("*.py"))]
+    sections = {s: project.section(s) for s in ("base", "ingest", "evaluate")}
+    train = project.section("train")
+    sections["train"] = {**train, "method": method,
+                         "method_params": (train.get("method_params") or {}).get(method)}
+    return inputs_key(code, content_hash(WORLD_DIR), sections, order, seed)
+
+
+def stored_run(runs: Path | None, method: str, k: int, key: str) -> Path | None:
+    """Where run (method, order k) with this key is kept under --runs, or None without it."""
+    return runs / f"{method}-order{k}-{key[:16]}.json" if runs else None
+
+
+def keep_run(stored: Path, row: dict, heatmap: Path, order: list[str], seed: int) -> None:
+    """Figures as JSON (written to a temporary name, then renamed: a killed run leaves no
+    half file to be read back) and the R heatmap beside them."""
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(heatmap, stored.with_suffix(".png"))
+    partial = stored.with_suffix(".part")
+    partial.write_text(json.dumps({"order": order, "photo_seed": seed, "figures": row}))
+    partial.replace(stored)
 
 
 def snapshot_bytes(folder: Path) -> int:
@@ -176,9 +211,12 @@ def markdown(results: dict, orders: list[tuple[list[str], int]], eval_seeds: int
     keys = [k for k in TABLE_KEYS if any(k in row for row in results.values())]
     command = f"--methods {args.methods} --seed {args.seed}" + (" --long" if args.long else "")
     command += f" --orders {args.orders}" if args.orders > 1 else ""
+    command += f" --runs {args.runs}" if args.runs else ""
     lines = [f"# Methods on the world sequence ({', '.join(orders[0][0])})", "",
              f"`python -m benchmarks.methods {command}`; "
              f"train.steps from params.yaml, {torch.get_num_threads()} torch threads.", "",
+             *([f"Runs kept in `{args.runs}` and read back where their inputs match: a read-back "
+                "run's s_per_step is from the sitting that ran it.", ""] if args.runs else []),
              interval_note(orders, eval_seeds), "",
              "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for method, row in results.items():
@@ -251,6 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="concept orders per method: the given one, then seeded permutations")
     parser.add_argument("--project", type=Path, default=REPO, help="params.yaml to take settings from")
     parser.add_argument("--report", type=Path, default=REPO / "reports", help="where the report goes")
+    parser.add_argument("--runs", type=Path,
+                        help="keep every run's figures here and reuse the stored ones whose inputs match")
     args = parser.parse_args(argv)
 
     project = Project(args.project.resolve())
@@ -265,12 +305,21 @@ def main(argv: list[str] | None = None) -> dict:
             work = Path(tmp) / f"order-{k}"
             processed, class_words = prepare_concepts(order, seed, work, project.section("ingest"))
             for method in methods:
-                start = time.perf_counter()
-                summary = run_method(method, project, order, processed, class_words, work)
-                runs[method].append(figures(summary))
+                stored = stored_run(args.runs, method, k, run_key(method, project, order, seed))
+                if stored and stored.exists():
+                    runs[method].append(json.loads(stored.read_text())["figures"])
+                    heatmap = stored.with_suffix(".png")
+                    print(f"{method}, order {k}: read back from {stored}", flush=True)
+                else:
+                    start = time.perf_counter()
+                    summary = run_method(method, project, order, processed, class_words, work)
+                    runs[method].append(figures(summary))
+                    heatmap = work / method / "report" / HEATMAP
+                    if stored:
+                        keep_run(stored, runs[method][-1], heatmap, order, seed)
+                    print(f"{method}, order {k}: {time.perf_counter() - start:.0f} s", flush=True)
                 if k == 0:
-                    shutil.copy(work / method / "report" / HEATMAP, figures_dir / f"{method}_R.png")
-                print(f"{method}, order {k}: {time.perf_counter() - start:.0f} s", flush=True)
+                    shutil.copy(heatmap, figures_dir / f"{method}_R.png")
     results = {method: across_orders(rows) for method, rows in runs.items()}
     differences(results)
     naive = results.get("naive", {}).get("s_per_step")

@@ -83,3 +83,25 @@ def test_methods_differ_only_where_intervals_do_not_overlap():
     assert results["lfs"]["differs_from"] == {"naive": {"F": ["clip_i"], "LA": ["clip_i"]},
                                               "independent": {"F": [], "LA": []}}
     assert results["naive"]["differs_from"] == {"independent": {"F": ["clip_i"], "LA": []}}
+
+
+def test_kept_runs_are_read_back_and_a_params_change_runs_afresh(tmp_path, monkeypatch):
+    project, report, runs = tiny_project(tmp_path / "project"), tmp_path / "reports", tmp_path / "runs"
+    argv = ["--methods", "naive", "--concepts", "striped-star", "--project", str(project),
+            "--report", str(report), "--runs", str(runs)]
+    first = bench.main(argv)
+    kept = sorted(runs.glob("naive-order0-*.json"))
+    assert len(kept) == 1 and kept[0].with_suffix(".png").stat().st_size > 1000
+    assert json.loads(kept[0].read_text())["figures"]["clip_i_A"] == first["naive"]["clip_i_A"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a kept run was trained again")
+    monkeypatch.setattr(bench, "run_method", no_training)
+    assert bench.main(argv) == first  # read back: the same figures, nothing trained
+    assert "read back where their inputs match" in (report / "methods.md").read_text()
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["steps"] = 4
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(AssertionError, match="trained again"):
+        bench.main(argv)  # another key: the stored run does not answer for these params
