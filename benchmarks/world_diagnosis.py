@@ -10,7 +10,10 @@
    against the full caption "a <colour> <shape> on a <bg> background";
 5. text binding: cosine similarity of the frozen text encoder's states for two class prompts
    (how different "a photo of a star" and "a photo of a heart" look to the UNet);
-6. LoRA variants (--lora): one concept learnt with params.yaml's `train` plus overrides.
+6. evaluator under blur: the classifier's shape read on patterned renders of each shape,
+   crisp, blurred by one and two 3x3 box passes, and through the base VAE (samples are
+   softer than crisp renders; a reader that loses the outline there blames the model);
+7. LoRA variants (--lora): one concept learnt with params.yaml's `train` plus overrides.
 
 The last stdout line is one JSON object.
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from benchmarks.world import concept_after_lora
@@ -32,7 +36,7 @@ from lifelong_diffusion.train import encode_latents
 from lifelong_diffusion.world import CONCEPTS, COLORS, SHAPES, attributes, render_concept_images
 from lifelong_diffusion.world.concepts import PHOTO_SPREAD, concept_scenes
 from lifelong_diffusion.world.pretrain import PretrainConfig
-from lifelong_diffusion.world.render import BACKGROUNDS, Scene, caption, sample_scene
+from lifelong_diffusion.world.render import BACKGROUNDS, PATTERNS, Scene, caption, render, sample_scene
 
 
 def placement(photo_seed: int, base_spread: float) -> dict:
@@ -96,6 +100,23 @@ def text_binding(pipe) -> dict:
             "full_captions_cosine": float((full @ full.T)[off_diag].mean())}
 
 
+@torch.no_grad()
+def shape_under_blur(pipe, classifier, n: int = 100) -> dict:
+    """Per shape, the share of patterned renders (n per pattern) whose shape is read right,
+    crisp, after one and two 3x3 box-blur passes, and through the base VAE."""
+    def box(x):
+        return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    rng, out = np.random.default_rng(3), {}
+    for shape in SHAPES:
+        scenes = [sample_scene(rng, shape=shape, pattern=p, spread=PHOTO_SPREAD, include_heldout=True)
+                  for p in PATTERNS for _ in range(n)]
+        x = attributes.to_tensor([render(s, 32) for s in scenes])
+        views = {"crisp": x, "blur1": box(x), "blur2": box(box(x)),
+                 "vae": attributes.vae_roundtrip(pipe.vae, x)}
+        out[shape] = {name: read(classifier, v, scenes)["shape"] for name, v in views.items()}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world", default=str(WORLD_DIR))
@@ -114,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"placement": placement(args.photo_seed, PretrainConfig().position_spread),
               "vae": vae_ceiling(pipe, classifier, args.photo_seed),
               "base_prompts": base_prompts(pipe, classifier, args.seeds),
-              "text": text_binding(pipe)}
+              "text": text_binding(pipe),
+              "shape_under_blur": shape_under_blur(pipe, classifier)}
     print(json.dumps(result), flush=True)
     variants = json.loads(args.variants)
     for name in filter(None, args.lora.split(",")):

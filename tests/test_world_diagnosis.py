@@ -13,3 +13,8 @@ def test_diagnosis_measures_the_shipped_world():
     assert all(0 <= v <= 1 for v in result["base_prompts"].values())
     assert 0 < result["text"]["class_prompts_cosine"] < 1
     assert "lora" not in result
+    blur = result["shape_under_blur"]
+    assert set(blur) == {"circle", "square", "triangle", "star", "heart", "cross", "diamond", "hexagon"}
+    assert all(row["crisp"] >= 0.95 for row in blur.values())  # the classifier reads crisp renders
+    assert all(0 <= v <= 1 and set(row) == {"crisp", "blur1", "blur2", "vae"}
+               for row in blur.values() for v in row.values())
