@@ -116,9 +116,13 @@ def run_key(method: str, project: Project, order: list[str], seed: int) -> str:
     return inputs_key(code, content_hash(WORLD_DIR), sections, order, seed)
 
 
-def stored_run(runs: Path | None, method: str, k: int, key: str) -> Path | None:
-    """Where run (method, order k) with this key is kept under --runs, or None without it."""
-    return runs / f"{method}-order{k}-{key[:16]}.json" if runs else None
+def stored_run(runs: Path | None, method: str, k: int, project: Project, order: list[str],
+               seed: int) -> Path | None:
+    """Where run (method, order k) with its inputs' key is kept under --runs, or None without
+    it (then nothing is hashed)."""
+    if not runs:
+        return None
+    return runs / f"{method}-order{k}-{run_key(method, project, order, seed)[:16]}.json"
 
 
 def keep_run(stored: Path, row: dict, heatmap: Path, order: list[str], seed: int) -> None:
@@ -305,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
             work = Path(tmp) / f"order-{k}"
             processed, class_words = prepare_concepts(order, seed, work, project.section("ingest"))
             for method in methods:
-                stored = stored_run(args.runs, method, k, run_key(method, project, order, seed))
+                stored = stored_run(args.runs, method, k, project, order, seed)
                 if stored and stored.exists():
                     runs[method].append(json.loads(stored.read_text())["figures"])
                     heatmap = stored.with_suffix(".png")
