@@ -31,6 +31,7 @@ import argparse
 import json
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -104,11 +105,25 @@ def run_method(method: str, project: Project, names: list[str], processed: Path,
     return summary
 
 
+def library_files(method: str) -> list[Path]:
+    """The library's files one method's figures depend on: all but the other methods' own
+    modules, so adding or changing a method keeps the other methods' stored runs. A module
+    the method's class inherits from or imports names from (lfs: lfs_kd) is kept."""
+    own = {sys.modules[c.__module__] for c in METHODS[method].__mro__ if c.__module__.startswith(LIBRARY.name)}
+    used = set(own)
+    for mod in own:
+        used |= {sys.modules[v.__module__] for v in vars(mod).values()
+                 if isinstance(getattr(v, "__module__", None), str) and v.__module__.startswith(LIBRARY.name)}
+    others = {Path(sys.modules[c.__module__].__file__) for c in METHODS.values()} - {Path(m.__file__) for m in used}
+    return [f for f in sorted(LIBRARY.rglob("*.py")) if f not in others]
+
+
 def run_key(method: str, project: Project, order: list[str], seed: int) -> str:
-    """Everything one run's figures come from: the library's code, the world's models,
-    params.yaml's sections (with train.method replaced; other methods' params left out, so
-    tuning one method keeps the others' runs), the concept order and its photo seed."""
-    code = [[f.relative_to(LIBRARY).as_posix(), sha256_file(f)] for f in sorted(LIBRARY.rglob("*.py"))]
+    """Everything one run's figures come from: the library's code (`library_files`), the
+    world's models, params.yaml's sections (with train.method replaced; other methods' params
+    left out, so tuning one method keeps the others' runs), the concept order and its photo
+    seed."""
+    code = [[f.relative_to(LIBRARY).as_posix(), sha256_file(f)] for f in library_files(method)]
     sections = {s: project.section(s) for s in ("base", "ingest", "evaluate")}
     train = project.section("train")
     sections["train"] = {**train, "method": method,

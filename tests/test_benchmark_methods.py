@@ -105,3 +105,15 @@ def test_kept_runs_are_read_back_and_a_params_change_runs_afresh(tmp_path, monke
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(AssertionError, match="trained again"):
         bench.main(argv)  # another key: the stored run does not answer for these params
+
+
+def test_a_run_key_ignores_the_other_methods_files():
+    from benchmarks.methods import LIBRARY, library_files
+
+    names = {f.relative_to(LIBRARY).as_posix() for f in library_files("naive")}
+    assert {"methods/naive.py", "methods/base.py", "train.py"} <= names
+    assert not names & {"methods/routed.py", "methods/lfs_kd.py", "methods/ewc.py"}
+    lfs = {f.relative_to(LIBRARY).as_posix() for f in library_files("lfs")}
+    assert {"methods/lfs.py", "methods/lfs_kd.py"} <= lfs  # inherited
+    dsc = {f.relative_to(LIBRARY).as_posix() for f in library_files("dsc")}
+    assert "methods/lfs_kd.py" in dsc and "methods/lfs.py" not in dsc  # imports relevant_prompts
