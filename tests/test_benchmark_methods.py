@@ -51,7 +51,7 @@ def test_benchmark_reports_every_figure_over_two_orders(tmp_path, capsys):
     assert "min and max over the orders" in text and "photo seed 1" in text
     assert f"| {format_figure(merge['clip_i_F'], merge['clip_i_F_ci'])} |" in text
     assert "| F vs naive | LA vs naive |" in text
-    for figure in ("naive_R.png", "merge_R.png", "forgetting_clip_i.png"):
+    for figure in ("naive_R.png", "merge_R.png", "forgetting_clip_i.png", "stability_plasticity.png"):
         assert (report / "methods" / figure).stat().st_size > 1000
 
 
