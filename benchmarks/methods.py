@@ -31,6 +31,7 @@ import argparse
 import json
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -45,7 +46,7 @@ from lifelong_diffusion.evaluate import evaluate_snapshot
 from lifelong_diffusion.fileio import sha256_file
 from lifelong_diffusion.ingest import ingest_concept
 from lifelong_diffusion.methods import METHODS
-from lifelong_diffusion.plots import forgetting_curves
+from lifelong_diffusion.plots import forgetting_curves, stability_plasticity
 from lifelong_diffusion.presets import WORLD_DIR
 from lifelong_diffusion.project import BASE, Project
 from lifelong_diffusion.snapshot import empty_snapshot, read_train_log, save_snapshot
@@ -59,6 +60,12 @@ FIGURES = ("A", "F", "BWT", "LA")
 # Method-specific per-step figures of train_log.json, averaged over the steps that have them.
 LOGGED = ("fisher_seconds", "update_norm")
 REFERENCES = ("naive", "independent")  # every method's F and LA are compared with theirs
+PICTURE = "stability_plasticity.png"  # F against LA per method
+
+
+def picture_scores(results: dict) -> list[str]:
+    """The stability-plasticity picture's panels: the exact score and CLIP-I, where measured."""
+    return [s for s in ("attr_acc", "clip_i") if f"{s}_F" in next(iter(results.values()))]
 
 
 def concept_orders(names: list[str], orders: int, seed: int) -> list[tuple[list[str], int]]:
@@ -104,11 +111,25 @@ def run_method(method: str, project: Project, names: list[str], processed: Path,
     return summary
 
 
+def library_files(method: str) -> list[Path]:
+    """The library's files one method's figures depend on: all but the other methods' own
+    modules, so adding or changing a method keeps the other methods' stored runs. A module
+    the method's class inherits from or imports names from (lfs: lfs_kd) is kept."""
+    own = {sys.modules[c.__module__] for c in METHODS[method].__mro__ if c.__module__.startswith(LIBRARY.name)}
+    used = set(own)
+    for mod in own:
+        used |= {sys.modules[v.__module__] for v in vars(mod).values()
+                 if isinstance(getattr(v, "__module__", None), str) and v.__module__.startswith(LIBRARY.name)}
+    others = {Path(sys.modules[c.__module__].__file__) for c in METHODS.values()} - {Path(m.__file__) for m in used}
+    return [f for f in sorted(LIBRARY.rglob("*.py")) if f not in others]
+
+
 def run_key(method: str, project: Project, order: list[str], seed: int) -> str:
-    """Everything one run's figures come from: the library's code, the world's models,
-    params.yaml's sections (with train.method replaced; other methods' params left out, so
-    tuning one method keeps the others' runs), the concept order and its photo seed."""
-    code = [[f.relative_to(LIBRARY).as_posix(), sha256_file(f)] for f in sorted(LIBRARY.rglob("*.py"))]
+    """Everything one run's figures come from: the library's code (`library_files`), the
+    world's models, params.yaml's sections (with train.method replaced; other methods' params
+    left out, so tuning one method keeps the others' runs), the concept order and its photo
+    seed."""
+    code = [[f.relative_to(LIBRARY).as_posix(), sha256_file(f)] for f in library_files(method)]
     sections = {s: project.section(s) for s in ("base", "ingest", "evaluate")}
     train = project.section("train")
     sections["train"] = {**train, "method": method,
@@ -228,6 +249,7 @@ def markdown(results: dict, orders: list[tuple[list[str], int]], eval_seeds: int
     lines += ["", "F: forgetting (Chaudhry), LA: accuracy right after learning, drift: class-prompt "
               "score of the base minus the final model (positive = the class got worse).", ""]
     lines += differences_table(results)
+    lines += [f"![F against LA per method, with intervals]({name}/{PICTURE})\n"]
     lines += [f"![Forgetting ({score}) against sequence length]({name}/forgetting_{score}.png)\n"
               for score in SCORES if f"F_by_length_{score}" in next(iter(results.values()))]
     norms = {m: row["update_norms"] for m, row in results.items() if "update_norms" in row}
@@ -333,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
         if f"F_by_length_{score}" in next(iter(results.values())):
             forgetting_curves({m: row[f"F_by_length_{score}"] for m, row in results.items()},
                               score, figures_dir / f"forgetting_{score}.png")
+    stability_plasticity(results, picture_scores(results), figures_dir / PICTURE)
     report = markdown(results, orders, len(project.eval_config().seeds), args, name)
     (args.report / f"{name}.md").write_text(report + "\n")
     print(report)

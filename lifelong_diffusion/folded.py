@@ -28,7 +28,7 @@ FOLDED = "folded/"
 FOLDED_NORMS = "folded_norms"
 
 
-def _base_layer(layer: torch.nn.Module, path: str) -> torch.nn.Linear | torch.nn.Conv2d:
+def base_layer(layer: torch.nn.Module, path: str) -> torch.nn.Linear | torch.nn.Conv2d:
     """The frozen Linear or Conv2d under a peft LoRA layer (or the layer itself before
     adapters exist)."""
     base = layer.get_base_layer() if isinstance(layer, BaseTunerLayer) else layer
@@ -45,7 +45,7 @@ def lora_layers(unet, adapter: str) -> dict[str, BaseTunerLayer]:
     layers = {path: m for path, m in unet.named_modules()
               if isinstance(m, BaseTunerLayer) and adapter in getattr(m, "lora_A", {})}
     for path, layer in layers.items():
-        _base_layer(layer, path)
+        base_layer(layer, path)
     return layers
 
 
@@ -107,7 +107,7 @@ def apply_folded(unet, state: dict[str, torch.Tensor]) -> None:
     Works before adapters are attached and after (on the LoRA layer's base_layer); a
     snapshot without folded factors leaves the UNet untouched."""
     for path, delta in folded_deltas(state, unet.device).items():
-        weight = _base_layer(unet.get_submodule(path), path).weight
+        weight = base_layer(unet.get_submodule(path), path).weight
         if weight.flatten(1).shape != delta.shape:
             raise ValueError(f"the snapshot's folded update of {path} is {tuple(delta.shape)} "
                              f"but the base model's weight is {tuple(weight.shape)}: the "

@@ -69,6 +69,23 @@ def forgetting_curves(by_method: dict[str, list[float]], score: str, out: Path) 
     return _save(fig, out)
 
 
+
+def stability_plasticity(results: dict[str, dict], scores: list[str], out: Path) -> Path:
+    """F against LA, one point per method with its interval as bars, one panel per score:
+    the lower right corner (learns, keeps) is where a lifelong method should sit."""
+    fig, axes = plt.subplots(1, len(scores), figsize=(4.6 * len(scores), 4.0), squeeze=False)
+    for ax, score in zip(axes[0], scores):
+        for method, row in results.items():
+            la, f = row[f"{score}_LA"], row[f"{score}_F"]
+            (la_lo, la_hi), (f_lo, f_hi) = row[f"{score}_LA_ci"], row[f"{score}_F_ci"]
+            ax.errorbar(la, f, xerr=[[la - la_lo], [la_hi - la]], yerr=[[f - f_lo], [f_hi - f]],
+                        fmt="o", markersize=4, capsize=2)
+            ax.annotate(method, (la, f), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel(f"LA ({score}): learnt right after its step")
+        ax.set_ylabel(f"F ({score}): forgotten since")
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+    return _save(fig, out)
+
 def _save(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")

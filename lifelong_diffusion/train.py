@@ -276,7 +276,10 @@ def prepare_training(prev_dir: Path, concept_dir: Path, cfg: TrainConfig) -> Tra
     prepare_seconds = time.perf_counter() - started
     prompts = [t.format(token=concept.token, class_word=concept.class_word)
                for t in concept.prompts or cfg.prompt_templates]
-    optimizer = torch.optim.AdamW(student.parameter_groups(cfg), weight_decay=1e-4)
+    groups = student.parameter_groups(cfg)
+    if own := method.trainable_parameters():
+        groups.append({"params": own, "lr": cfg.lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(backbone.device.type, enabled=backbone.dtype == torch.float16)
     return TrainingRun(prev, concept, backbone, method, student, latents, prompts, optimizer,
                        scaler, torch.Generator().manual_seed(cfg.seed), prepare_seconds)

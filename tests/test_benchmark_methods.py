@@ -51,7 +51,7 @@ def test_benchmark_reports_every_figure_over_two_orders(tmp_path, capsys):
     assert "min and max over the orders" in text and "photo seed 1" in text
     assert f"| {format_figure(merge['clip_i_F'], merge['clip_i_F_ci'])} |" in text
     assert "| F vs naive | LA vs naive |" in text
-    for figure in ("naive_R.png", "merge_R.png", "forgetting_clip_i.png"):
+    for figure in ("naive_R.png", "merge_R.png", "forgetting_clip_i.png", "stability_plasticity.png"):
         assert (report / "methods" / figure).stat().st_size > 1000
 
 
@@ -105,3 +105,38 @@ def test_kept_runs_are_read_back_and_a_params_change_runs_afresh(tmp_path, monke
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(AssertionError, match="trained again"):
         bench.main(argv)  # another key: the stored run does not answer for these params
+
+
+def test_a_run_key_ignores_the_other_methods_files():
+    from benchmarks.methods import LIBRARY, library_files
+
+    names = {f.relative_to(LIBRARY).as_posix() for f in library_files("naive")}
+    assert {"methods/naive.py", "methods/base.py", "train.py"} <= names
+    assert not names & {"methods/routed.py", "methods/lfs_kd.py", "methods/ewc.py"}
+    lfs = {f.relative_to(LIBRARY).as_posix() for f in library_files("lfs")}
+    assert {"methods/lfs.py", "methods/lfs_kd.py"} <= lfs  # inherited
+    dsc = {f.relative_to(LIBRARY).as_posix() for f in library_files("dsc")}
+    assert "methods/lfs_kd.py" in dsc and "methods/lfs.py" not in dsc  # imports relevant_prompts
+
+
+def test_sweep_picks_by_the_rule_and_writes_its_table(tmp_path, capsys):
+    from benchmarks import sweep
+
+    project, report = tiny_project(tmp_path / "project"), tmp_path / "tuning"
+    out = sweep.main(["--method", "merge", "--grid", "weight=0.5,1.0", "--score", "clip_i", "--concepts",
+                      "striped-star,dotted-heart", "--project", str(project), "--report", str(report)])
+    assert [row["params"] for row in out["rows"]] == [{"weight": 0.5}, {"weight": 1.0}]
+    expected = sweep.choose([dict(r) for r in out["rows"]], out["references"]["independent"]["LA"], 0.9)
+    assert out["chosen"]["params"] == expected["params"]
+    text = (report / "merge.md").read_text()
+    assert "weight=0.5" in text and "**chosen**" in text and "*independent*" in text
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == "merge"
+
+
+def test_sweep_rule_prefers_low_forgetting_among_those_that_learn():
+    from benchmarks.sweep import choose, parse_grid
+
+    rows = [{"F": 0.1, "LA": 0.5}, {"F": 0.3, "LA": 0.85}, {"F": 0.2, "LA": 0.8}]
+    assert choose(rows, independent_la=0.88, share=0.9) is rows[2]  # 0.1 learns too little
+    assert choose(rows[:1], independent_la=0.9, share=0.9) is rows[0]  # none qualifies: best LA
+    assert parse_grid(["weight=1,10", "gamma=0.5"]) == [{"weight": 1, "gamma": 0.5}, {"weight": 10, "gamma": 0.5}]

@@ -10,9 +10,10 @@ from .lfs import Lfs
 from .lfs_kd import LfsKD
 from .merge import Merge
 from .naive import Naive
+from .routed import Routed
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Naive, Independent, Merge, Clora, LfsKD, Lfs, Ewc, EwcDC, Dsc)}
+    cls.name: cls for cls in (Naive, Independent, Merge, Clora, LfsKD, Lfs, Ewc, EwcDC, Dsc, Routed)}
 
 
 def build_method(name: str, params: dict | None = None) -> Method:

@@ -99,6 +99,11 @@ class Method:
         """Context manager around the student's denoising forward on latents[picked]."""
         return nullcontext()
 
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        """Parameters of the method's own, trained beside the adapter (routed: its gates);
+        read after `prepare`."""
+        return []
+
     def regularizer(self, ctx: StepContext) -> torch.Tensor | None:
         """Extra loss for this optimizer step; None adds nothing."""
         return None

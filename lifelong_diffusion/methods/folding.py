@@ -41,17 +41,20 @@ class Folding(Method):
 
     @classmethod
     def lora_exports(cls, snap, unet) -> list[LoraExport]:
-        """The folded factors as one LoRA of rank r_total. B already carries every step's
-        scaling, so alpha = r_total (scale 1). peft's Linear LoRA is A (r, in), B (out, r),
-        as folded; its Conv2d LoRA is A a conv with the base kernel (r, in, kh, kw) and B a
-        1x1 conv (out, r, 1, 1), so the flattened A is reshaped to the base kernel."""
+        """The folded factors as one LoRA of rank r_total."""
         factors = folded_factors(snap.state)
-        if not factors:
-            return []
-        weights = {}
-        for path, (b, a) in factors.items():
-            shape = unet.get_submodule(path).weight.shape
-            weights[f"{path}.lora_A.weight"] = a.reshape(len(a), *shape[1:])
-            weights[f"{path}.lora_B.weight"] = b.reshape(*b.shape, *[1] * (len(shape) - 2))
-        rank = len(a)  # every layer has folded the same steps at the same rank
-        return [LoraExport(weights, rank, float(rank))]
+        return [factors_as_lora(factors, unet)] if factors else []
+
+
+def factors_as_lora(factors: dict, unet, token: str | None = None) -> LoraExport:
+    """Folded (B, A) factors per module path as one LoRA. B already carries the scaling, so
+    alpha = rank (scale 1). peft's Linear LoRA is A (r, in), B (out, r), as folded; its Conv2d
+    LoRA is A a conv with the base kernel (r, in, kh, kw) and B a 1x1 conv (out, r, 1, 1), so
+    the flattened A is reshaped to the base kernel."""
+    weights = {}
+    for path, (b, a) in factors.items():
+        shape = unet.get_submodule(path).weight.shape
+        weights[f"{path}.lora_A.weight"] = a.reshape(len(a), *shape[1:])
+        weights[f"{path}.lora_B.weight"] = b.reshape(*b.shape, *[1] * (len(shape) - 2))
+    rank = len(a)  # every layer has folded the same steps at the same rank
+    return LoraExport(weights, rank, float(rank), token)
