@@ -21,6 +21,10 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
+# the registered model of params.yaml's default method (register.model_name: lifelong-{method})
+MODEL = "lifelong-" + yaml.safe_load((REPO / "params.yaml").read_text())["train"]["method"]
+
+
 def tiny_params(names: list[str]) -> dict:
     """The repo's params.yaml with step counts cut to the bone and a shorter sequence."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -67,7 +71,7 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def registry(project: Path, model: str = "lifelong-naive") -> list[dict]:
+def registry(project: Path, model: str = MODEL) -> list[dict]:
     return registry_summary(model, default_tracking_uri(project))
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from flows.servers import background_server, free_port
 from tasks.tracking import LATEST_ALIAS, default_tracking_uri, registry_summary
-from tests.test_e2e import BIN, CONCEPTS, make_project
+from tests.test_e2e import BIN, CONCEPTS, MODEL, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +124,7 @@ def test_inbox_and_run_form_concepts_become_versions_one_run_at_a_time(tmp_path,
     order = [first, arriving, "photos-of-mine"]
     assert yaml.safe_load((project / "params.yaml").read_text())["sequence"] == {
         first: {"prev": "base"}, arriving: {"prev": first}, "photos-of-mine": {"prev": arriving}}
-    rows = registry_summary("lifelong-naive", default_tracking_uri(project))
+    rows = registry_summary(MODEL, default_tracking_uri(project))
     assert [(r["step"], r["concepts"]) for r in rows] == [
         (i + 1, ",".join(order[: i + 1])) for i in range(3)]
     assert rows[-1]["aliases"] == sorted(["step-3", LATEST_ALIAS]) and rows[1]["aliases"] == ["step-2"]
@@ -133,7 +133,7 @@ def test_inbox_and_run_form_concepts_become_versions_one_run_at_a_time(tmp_path,
     assert "<c1>" in error and not (inbox / arriving).exists()
     found = artifacts(["new-concepts", "step-2-" + arriving, "continual-report", "train-" + arriving])
     assert set(found) == {"new-concepts", "step-2-" + arriving, "continual-report", "train-" + arriving}
-    assert "Registered as **lifelong-naive** version 2" in found["step-2-" + arriving].data
+    assert f"Registered as **{MODEL}** version 2" in found["step-2-" + arriving].data
     assert "A=" in found["continual-report"].data and found["train-" + arriving].data == 100.0
     # the later run resumed: the steps the earlier run learnt (first and the inbox's, in
     # either order of the runs) were skipped, not retrained
