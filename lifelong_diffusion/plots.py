@@ -77,14 +77,20 @@ def stability_plasticity(results: dict[str, dict], scores: list[str], out: Path)
     for ax, score in zip(axes[0], scores):
         for method, row in results.items():
             la, f = row[f"{score}_LA"], row[f"{score}_F"]
-            (la_lo, la_hi), (f_lo, f_hi) = row[f"{score}_LA_ci"], row[f"{score}_F_ci"]
-            ax.errorbar(la, f, xerr=[[la - la_lo], [la_hi - la]], yerr=[[f - f_lo], [f_hi - f]],
+            if la is None or f is None:  # one concept: nothing to forget yet
+                continue
+            ax.errorbar(la, f, xerr=_bar(la, row[f"{score}_LA_ci"]), yerr=_bar(f, row[f"{score}_F_ci"]),
                         fmt="o", markersize=4, capsize=2)
             ax.annotate(method, (la, f), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xlabel(f"LA ({score}): learnt right after its step")
         ax.set_ylabel(f"F ({score}): forgotten since")
         ax.axhline(0.0, color="grey", linewidth=0.5)
     return _save(fig, out)
+
+
+def _bar(value: float, interval: list[float] | None):
+    """errorbar's [[below], [above]] for an interval; None draws no bar."""
+    return None if interval is None else [[value - interval[0]], [interval[1] - value]]
 
 def _save(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
