@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"({args.la_share * references['independent']['LA']:.3f}), the lowest {args.score} F; "
             "if none qualifies, the highest LA")
     chosen = choose(rows, references["independent"]["LA"], args.la_share)
-    command = " ".join(argv) if argv is not None else ""
+    command = " ".join(sys.argv[1:] if argv is None else argv)  # as typed, for the report
     args.report.mkdir(parents=True, exist_ok=True)
     (args.report / f"{args.method}.md").write_text(markdown(args.method, args.score, rows, chosen, references, rule, command))
     out = {"method": args.method, "rule": rule, "references": references, "rows": rows, "chosen": chosen}

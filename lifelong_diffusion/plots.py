@@ -69,7 +69,6 @@ def forgetting_curves(by_method: dict[str, list[float]], score: str, out: Path) 
     return _save(fig, out)
 
 
-
 def stability_plasticity(results: dict[str, dict], scores: list[str], out: Path) -> Path:
     """F against LA, one point per method with its interval as bars, one panel per score:
     the lower right corner (learns, keeps) is where a lifelong method should sit."""
@@ -91,6 +90,7 @@ def stability_plasticity(results: dict[str, dict], scores: list[str], out: Path)
 def _bar(value: float, interval: list[float] | None):
     """errorbar's [[below], [above]] for an interval; None draws no bar."""
     return None if interval is None else [[value - interval[0]], [interval[1] - value]]
+
 
 def _save(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -109,9 +109,10 @@ class Routed(Method):
     def state_after_step(self, unet, prev, concept):
         self.router.remove()
         gate = self.gate.detach().float().cpu()
-        state = fold(prev.state, unet, STUDENT) if self.claims else dict(prev.state)
-        if self.claims:
-            gate = torch.cat([gate, torch.ones(self.rank)])
+        if self.claims:  # its own units join the pool, with gate 1
+            state, gate = fold(prev.state, unet, STUDENT), torch.cat([gate, torch.ones(self.rank)])
+        else:
+            state = dict(prev.state)
         state[f"{GATE}{concept.token}"] = gate
         return state
 
