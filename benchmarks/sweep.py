@@ -1,11 +1,13 @@
 """Tune one method on the default concept order, by a rule fixed before the sweep.
 
-    python -m benchmarks.sweep --method ewc --grid weight=1,10,100 --grid gamma=0.5,0.9 \\
+    python -m benchmarks.sweep --method ewc --grid weight=1,10,100 --then gamma=0.5,0.9 \\
         --runs reports/methods_runs --report reports/tuning
 
 Each combination of the grid is one `benchmarks.methods` run on the default order (photo seed
 --seed) with `train.method_params.<method>` updated in a copy of params.yaml; `naive` and
-`independent` run beside it (or are read back from --runs) as references. The rule: among the
+`independent` run beside it (or are read back from --runs) as references. Each `--then` grid is
+a later stage, swept at the values chosen so far (a knob at a time, not the full product). The
+rule, applied after every stage to all rows so far: among the
 combinations whose attr_acc LA is at least --la-share (0.9) of independent's, the lowest
 attr_acc F; if none qualifies, the highest LA. Other orders are for evaluation only (`--orders`
 of benchmarks.methods), never for tuning.
@@ -41,14 +43,23 @@ def parse_grid(items: list[str]) -> list[dict]:
     return [dict(zip(names, combo)) for combo in itertools.product(*values)]
 
 
+def method_params(root: Path, method: str, params: dict) -> dict:
+    """The method's entry in root's params.yaml with `params` over it: what one run uses."""
+    entries = yaml.safe_load((root / "params.yaml").read_text())["train"].get("method_params") or {}
+    return {**(entries.get(method) or {}), **params}
+
+
 def project_with(root: Path, method: str, params: dict, folder: Path) -> Path:
-    """A copy of root's params.yaml in `folder` with the method's params updated."""
+    """A copy of root's params.yaml in `folder` with the method's params updated, beside a link
+    to root's models/."""
     data = yaml.safe_load((root / "params.yaml").read_text())
     entries = data["train"].setdefault("method_params", {}) or {}
-    entries[method] = {**(entries.get(method) or {}), **params}
+    entries[method] = method_params(root, method, params)
     data["train"]["method_params"] = entries
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    if (root / "models").exists():  # params.yaml's relative paths (models/world/...) resolve as in root
+        (folder / "models").symlink_to((root / "models").resolve())
     return folder
 
 
@@ -89,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", required=True)
     parser.add_argument("--grid", action="append", required=True, help="name=v1,v2 (repeatable)")
+    parser.add_argument("--then", action="append", default=[],
+                        help="name=v1,v2: a later stage, swept at the values chosen so far (repeatable)")
     parser.add_argument("--score", default="attr_acc",
                         help="the score F and LA are read on (attr_acc: the exact score of the targets)")
     parser.add_argument("--la-share", type=float, default=0.9,
@@ -108,16 +121,23 @@ def main(argv: list[str] | None = None) -> dict:
                            "--report", f"{tmp}/refs", *common])
         naive_seconds = refs["naive"]["s_per_step"]
         rows = []
-        for k, params in enumerate(parse_grid(args.grid)):
-            project = project_with(args.project, args.method, params, Path(tmp) / f"project-{k}")
-            result = bench.main(["--methods", args.method, "--project", str(project),
-                                 "--report", f"{tmp}/report-{k}", *common])
-            rows.append(row_of(params, result[args.method], args.score, naive_seconds))
+        for stage in [args.grid, *[[item] for item in args.then]]:
+            base = chosen["params"] if rows else {}
+            for combo in parse_grid(stage):
+                params = {**base, **combo}
+                if any(method_params(args.project, args.method, r["params"])
+                       == method_params(args.project, args.method, params) for r in rows):
+                    continue  # the same run as a row already swept (a stage's current value)
+                k = len(rows)
+                project = project_with(args.project, args.method, params, Path(tmp) / f"project-{k}")
+                result = bench.main(["--methods", args.method, "--project", str(project),
+                                     "--report", f"{tmp}/report-{k}", *common])
+                rows.append(row_of(params, result[args.method], args.score, naive_seconds))
+            chosen = choose(rows, refs["independent"][f"{args.score}_LA"], args.la_share)
     references = {name: row_of({}, refs[name], args.score, naive_seconds) for name in ("naive", "independent")}
     rule = (f"among the values with {args.score} LA >= {args.la_share:g} x independent's "
             f"({args.la_share * references['independent']['LA']:.3f}), the lowest {args.score} F; "
             "if none qualifies, the highest LA")
-    chosen = choose(rows, references["independent"]["LA"], args.la_share)
     command = " ".join(sys.argv[1:] if argv is None else argv)  # as typed, for the report
     args.report.mkdir(parents=True, exist_ok=True)
     (args.report / f"{args.method}.md").write_text(markdown(args.method, args.score, rows, chosen, references, rule, command))

@@ -119,18 +119,31 @@ def test_a_run_key_ignores_the_other_methods_files():
     assert "methods/lfs_kd.py" in dsc and "methods/lfs.py" not in dsc  # imports relevant_prompts
 
 
-def test_sweep_picks_by_the_rule_and_writes_its_table(tmp_path, capsys):
+def test_sweep_picks_by_the_rule_over_stages_and_writes_its_table(tmp_path, capsys):
     from benchmarks import sweep
 
     project, report = tiny_project(tmp_path / "project"), tmp_path / "tuning"
-    out = sweep.main(["--method", "merge", "--grid", "weight=0.5,1.0", "--score", "clip_i", "--concepts",
-                      "striped-star,dotted-heart", "--project", str(project), "--report", str(report)])
+    # the second stage's 0.5 is the first stage's run: swept once
+    out = sweep.main(["--method", "merge", "--grid", "weight=0.5", "--then", "weight=0.5,1.0",
+                      "--score", "clip_i", "--concepts", "striped-star,dotted-heart",
+                      "--project", str(project), "--report", str(report)])
     assert [row["params"] for row in out["rows"]] == [{"weight": 0.5}, {"weight": 1.0}]
     expected = sweep.choose([dict(r) for r in out["rows"]], out["references"]["independent"]["LA"], 0.9)
     assert out["chosen"]["params"] == expected["params"]
     text = (report / "merge.md").read_text()
     assert "weight=0.5" in text and "**chosen**" in text and "*independent*" in text
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == "merge"
+
+
+def test_sweep_project_resolves_paths_as_the_repository(tmp_path):
+    from benchmarks.sweep import project_with
+    from lifelong_diffusion.project import Project
+
+    folder = project_with(REPO, "ewc", {"weight": 100.0}, tmp_path / "project")
+    project = Project(folder)
+    assert Path(project.eval_config().clip_weights).is_file()  # models/world/... as in the repository
+    swept, shipped = (p.section("train")["method_params"]["ewc"] for p in (project, Project(REPO)))
+    assert swept == {**shipped, "weight": 100.0}  # the other knobs as shipped
 
 
 def test_sweep_rule_prefers_low_forgetting_among_those_that_learn():
