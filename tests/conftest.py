@@ -53,6 +53,31 @@ def tiny_start(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def two_steps(world_concepts, tiny_start):
+    """Returns run(cfg, label, evaluate=True): S_0 -> S_1 -> S_2 on the two world concepts
+    with one TrainConfig in a fresh folder, and (evaluate=True) every snapshot's evaluation
+    {name: scores} on two seeds; -> (folder, evaluations)."""
+    from lifelong_diffusion.evaluate import EvalConfig, evaluate_snapshot
+    from lifelong_diffusion.train import train_concept
+    from lifelong_diffusion.world import DEFAULT_SEQUENCE, concept_by_name
+
+    names, processed = DEFAULT_SEQUENCE[:2], world_concepts / "processed"
+
+    def run(cfg, label: str, evaluate: bool = True):
+        out = tiny_start(label)
+        for prev, name in zip(["base", *names], names):
+            train_concept(out / prev, processed / name, out / name, cfg, progress=False)
+        if not evaluate:
+            return out, {}
+        words = [concept_by_name(n).class_word for n in names]
+        config = EvalConfig(seeds=[0, 1], steps=2, device="cpu")
+        return out, {n: evaluate_snapshot(out / n, processed, out / f"eval-{n}", config, words)
+                     for n in ("base", *names)}
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def lora_unet():
     """Returns make(seed): the tiny-random UNet with an active "student" LoRA adapter on the
     attention projections and the resnets' convs, whose B factors (zero at init, i.e. no

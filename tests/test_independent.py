@@ -4,26 +4,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lifelong_diffusion.evaluate import EvalConfig, evaluate_snapshot
 from lifelong_diffusion.methods.independent import token_adapter
 from lifelong_diffusion.snapshot import load_snapshot
-from lifelong_diffusion.train import TrainConfig, train_concept
-from lifelong_diffusion.world import DEFAULT_SEQUENCE, concept_by_name
+from lifelong_diffusion.train import TrainConfig
+from lifelong_diffusion.world import DEFAULT_SEQUENCE
 
 C1, C2 = DEFAULT_SEQUENCE[:2]
 CFG = TrainConfig(method="independent", steps=3, batch_size=1, device="cpu", lr=1e-2)
-EVAL = EvalConfig(seeds=[0, 1], steps=2, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def run(world_concepts, tiny_start):
-    processed, out = world_concepts / "processed", tiny_start("independent")
-    train_concept(out / "base", processed / C1, out / C1, CFG, progress=False)
-    train_concept(out / C1, processed / C2, out / C2, CFG, progress=False)
-    words = [concept_by_name(c).class_word for c in (C1, C2)]
-    evals = {n: evaluate_snapshot(out / n, processed, out / f"eval-{n}", EVAL, words)
-             for n in ("base", C1, C2)}
-    return out, evals
+def run(two_steps):
+    return two_steps(CFG, "independent")
 
 
 def test_each_concept_keeps_its_own_adapter(run):

@@ -9,33 +9,21 @@ import pytest
 import torch
 
 from lifelong_diffusion.backbone import Backbone
-from lifelong_diffusion.evaluate import EvalConfig, evaluate_snapshot
 from lifelong_diffusion.folded import fold, folded_factors
 from lifelong_diffusion.lora import STUDENT
 from lifelong_diffusion.methods.routed import GATE, Routed, Router, concept_gate, pool_size
 from lifelong_diffusion.snapshot import load_snapshot, read_train_log
-from lifelong_diffusion.train import TrainConfig, train_concept
-from lifelong_diffusion.world import DEFAULT_SEQUENCE, concept_by_name
+from lifelong_diffusion.train import TrainConfig
+from lifelong_diffusion.world import DEFAULT_SEQUENCE
 
 C1, C2 = DEFAULT_SEQUENCE[:2]
 CFG = TrainConfig(method="routed", steps=3, batch_size=1, device="cpu", lr=1e-2)
 RANK = CFG.lora_rank
-EVAL = EvalConfig(seeds=[0, 1], steps=2, device="cpu")
-
-
-def train_two(processed, out, cfg):
-    train_concept(out / "base", processed / C1, out / C1, cfg, progress=False)
-    train_concept(out / C1, processed / C2, out / C2, cfg, progress=False)
 
 
 @pytest.fixture(scope="module")
-def run(world_concepts, tiny_start):
-    processed, out = world_concepts / "processed", tiny_start("routed")
-    train_two(processed, out, CFG)
-    words = [concept_by_name(c).class_word for c in (C1, C2)]
-    evals = {n: evaluate_snapshot(out / n, processed, out / f"eval-{n}", EVAL, words)
-             for n in ("base", C1, C2)}
-    return out, evals
+def run(two_steps):
+    return two_steps(CFG, "routed")
 
 
 def test_earlier_concepts_and_class_prompts_never_change(run):
@@ -72,10 +60,9 @@ def test_routing_computes_what_the_adapter_computed(lora_unet, unet_eps):
     torch.testing.assert_close(unet_eps(plain), base)  # the hooks are gone
 
 
-def test_a_full_pool_claims_no_units(world_concepts, tiny_start):
-    processed, out = world_concepts / "processed", tiny_start("routed-full")
+def test_a_full_pool_claims_no_units(two_steps):
     cfg = replace(CFG, method_params={"routed": {"max_units": RANK}})
-    train_two(processed, out, cfg)
+    out, _ = two_steps(cfg, "routed-full", evaluate=False)
     s2 = load_snapshot(out / C2)
     assert pool_size(s2.state) == RANK and read_train_log(out / C2)["own_units"] == 0
     gate = s2.state[f"{GATE}{s2.concepts[1]['token']}"]
