@@ -5,7 +5,8 @@
 
 1. placement: object centre offset and size of the concept photos against the base's data;
 2. evaluator ceiling: the attribute classifier on the concept photos themselves;
-3. VAE ceiling: the classifier on the VAE's reconstructions of the concept photos;
+3. VAE ceiling: the classifier on the VAE's reconstructions of the concept photos (both also
+   per concept, shape read: --photo-seed N checks another seed's photos);
 4. base prompts: shape read on "a photo of a <shape>" (what an identifier prompt builds on)
    against the full caption "a <colour> <shape> on a <bg> background";
 5. text binding: cosine similarity of the frozen text encoder's states for two class prompts
@@ -59,12 +60,19 @@ def read(classifier, images, truth: list[Scene]) -> dict:
 
 @torch.no_grad()
 def vae_ceiling(pipe, classifier, photo_seed: int) -> dict:
+    """The classifier on the concept photos and on their VAE reconstructions, over all concepts
+    and per concept (shape read): what a concept's samples could score at best."""
     scenes = [s for spec in CONCEPTS for s in concept_scenes(spec, 5, photo_seed)]
     photos = [im for spec in CONCEPTS for im in render_concept_images(spec, 5, photo_seed, size=32)]
     latents = encode_latents(Backbone(pipe), photos) / pipe.vae.config.scaling_factor
-    recon = pipe.vae.decode(latents).sample.clamp(-1, 1)
-    return {"photos": read(classifier, photos, scenes),
-            "reconstructions": read(classifier, (recon + 1) / 2, scenes)}
+    recon = (pipe.vae.decode(latents).sample.clamp(-1, 1) + 1) / 2
+    by_concept = {}
+    for k, spec in enumerate(CONCEPTS):
+        part = slice(5 * k, 5 * (k + 1))  # the concept's 5 photos
+        by_concept[spec.name] = {name: read(classifier, images[part], scenes[part])["shape"]
+                                 for name, images in (("photos", photos), ("reconstructions", recon))}
+    return {"photos": read(classifier, photos, scenes), "reconstructions": read(classifier, recon, scenes),
+            "shape_by_concept": by_concept}
 
 
 @torch.no_grad()

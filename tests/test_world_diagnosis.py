@@ -9,6 +9,10 @@ def test_diagnosis_measures_the_shipped_world():
     assert placement["concept_photos"]["offset_max"] <= placement["base"]["offset_max"] + 0.02
     assert result["vae"]["photos"]["shape"] >= 0.95 and result["vae"]["photos"]["pattern"] >= 0.95
     assert result["vae"]["reconstructions"]["pattern"] >= 0.8
+    by_concept = result["vae"]["shape_by_concept"]
+    assert len(by_concept) == 12 and all(set(v) == {"photos", "reconstructions"} for v in by_concept.values())
+    photos = [v["photos"] for v in by_concept.values()]
+    assert abs(sum(photos) / len(photos) - result["vae"]["photos"]["shape"]) < 1e-9  # 5 photos each
     assert set(result["base_prompts"]) == {"class_prompt", "bare_shape", "full_caption"}
     assert all(0 <= v <= 1 for v in result["base_prompts"].values())
     assert 0 < result["text"]["class_prompts_cosine"] < 1
