@@ -13,11 +13,8 @@ Choices where the paper is silent:
   the UNet's device (about 370 MB in float32 for SD-1.5's attention projections); the
   current update s B_t A_t is formed densely per optimizer step so the gradient is exact.
 - the penalty's scale depends on how large the updates are (model, lr, steps), so `weight`
-  needs tuning per base model. Default 1e3, measured on the world preset (150 steps, lr 1e-3,
-  second concept): at weight 1 the penalty stays ~1e-3 and the step's update norm is 4.3;
-  at 1e3 the norm drops to 1.3 (1e4: 0.56) while the new concept's mean denoising loss only
-  moves from 0.339 to 0.349: the penalty binds. Whether that keeps earlier concepts better
-  is for the sequence benchmark (reports/methods.md) to show.
+  needs tuning per base model (reports/methods_tuning.md: on the world 1e3 gives F 0.41 at
+  LA 0.44, 1e4 F 0.08 at LA 0.29; params.yaml holds the tuning rule's choice).
 - the known weakness, loss of plasticity as P covers more entries, is logged: each step's
   train_log.json holds its update norm and the history of all earlier ones (Folding).
 """

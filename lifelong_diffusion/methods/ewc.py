@@ -16,10 +16,9 @@ Choices where the papers are silent (docs/methods.md#ewc):
   lambda then has the scale of an L2 weight, whatever the model or the gradient source;
 - the draws come from a generator seeded with `seed` at each pass, so a Fisher pass can be
   repeated exactly (the tests recompute F_t);
-- default lambda 10, from a sweep of ewc_dc on the world's 5-concept sequence (CLIP-I,
-  reports/methods_targets.md): lambda 1 forgets like naive (F 0.056 vs 0.054), 10 keeps F at
-  0.007 with naive's plasticity (LA 0.321 vs 0.320), 100 freezes the adapter after the
-  first concept (F 0.001, LA 0.312; later concepts live in their tokens only).
+- lambda is tuned per base model; params.yaml's value is the tuning rule's choice on the
+  world (reports/methods_tuning.md): 1 already freezes the adapter after the first concept,
+  0.01 trades (ewc_dc F 0.11 at LA 0.38), 0.001 forgets like naive.
 """
 from __future__ import annotations
 
