@@ -1,7 +1,10 @@
 """Tune one method on the default concept order, by a rule fixed before the sweep.
 
-    python -m benchmarks.sweep --method ewc --grid weight=1,10,100 --then gamma=0.5,0.9 \\
+    python -m benchmarks.sweep --method ewc --grid weight=1.0,10.0,100.0 --then gamma=0.5,0.9 \\
         --runs reports/methods_runs --report reports/tuning
+
+Write values as params.yaml does (10.0, not 10): a kept run's key sees the difference, so the
+shipped value would be run again instead of read back.
 
 Each combination of the grid is one `benchmarks.methods` run on the default order (photo seed
 --seed) with `train.method_params.<method>` updated in a copy of params.yaml; `naive` and
