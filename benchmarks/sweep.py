@@ -123,13 +123,12 @@ def main(argv: list[str] | None = None) -> dict:
         refs = bench.main(["--methods", "naive,independent", "--project", str(args.project),
                            "--report", f"{tmp}/refs", *common])
         naive_seconds = refs["naive"]["s_per_step"]
-        rows = []
+        rows, shipped = [], method_params(args.project, args.method, {})
         for stage in [args.grid, *[[item] for item in args.then]]:
             base = chosen["params"] if rows else {}
             for combo in parse_grid(stage):
                 params = {**base, **combo}
-                if any(method_params(args.project, args.method, r["params"])
-                       == method_params(args.project, args.method, params) for r in rows):
+                if any({**shipped, **r["params"]} == {**shipped, **params} for r in rows):
                     continue  # the same run as a row already swept (a stage's current value)
                 k = len(rows)
                 project = project_with(args.project, args.method, params, Path(tmp) / f"project-{k}")
