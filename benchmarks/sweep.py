@@ -12,8 +12,8 @@ Each combination of the grid is one `benchmarks.methods` run on the default orde
 a later stage, swept at the values chosen so far (a knob at a time, not the full product). The
 rule, applied after every stage to all rows so far: among the
 combinations whose attr_acc LA is at least --la-share (0.9) of independent's, the lowest
-attr_acc F; if none qualifies, the highest LA. Other orders are for evaluation only (`--orders`
-of benchmarks.methods), never for tuning.
+attr_acc F; if none qualifies, the highest LA (ties: the lowest F). Other orders are for
+evaluation only (`--orders` of benchmarks.methods), never for tuning.
 
 Writes <report>/<method>.md (the table, the rule and the choice) and ends with one JSON line:
 {"method": .., "rule": .., "references": {"naive": {..}, "independent": {..}},
@@ -74,11 +74,13 @@ def row_of(params: dict, figures: dict, score: str, naive_seconds: float) -> dic
 
 
 def choose(rows: list[dict], independent_la: float, share: float) -> dict:
-    """Lowest F among the rows with LA >= share * independent's; else the highest LA."""
+    """Lowest F among the rows with LA >= share * independent's; else the highest LA, and
+    among rows with that LA the lowest F (F is what the rule minimises)."""
     for row in rows:
         row["qualifies"] = row["LA"] >= share * independent_la
     qualified = [row for row in rows if row["qualifies"]]
-    return min(qualified, key=lambda r: r["F"]) if qualified else max(rows, key=lambda r: r["LA"])
+    return min(qualified or [r for r in rows if r["LA"] == max(r["LA"] for r in rows)],
+               key=lambda r: r["F"])
 
 
 def markdown(method: str, score: str, rows: list[dict], chosen: dict, refs: dict, rule: str,
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     references = {name: row_of({}, refs[name], args.score, naive_seconds) for name in ("naive", "independent")}
     rule = (f"among the values with {args.score} LA >= {args.la_share:g} x independent's "
             f"({args.la_share * references['independent']['LA']:.3f}), the lowest {args.score} F; "
-            "if none qualifies, the highest LA")
+            "if none qualifies, the highest LA (ties: the lowest F)")
     command = " ".join(sys.argv[1:] if argv is None else argv)  # as typed, for the report
     args.report.mkdir(parents=True, exist_ok=True)
     (args.report / f"{args.method}.md").write_text(markdown(args.method, args.score, rows, chosen, references, rule, command))

@@ -152,4 +152,6 @@ def test_sweep_rule_prefers_low_forgetting_among_those_that_learn():
     rows = [{"F": 0.1, "LA": 0.5}, {"F": 0.3, "LA": 0.85}, {"F": 0.2, "LA": 0.8}]
     assert choose(rows, independent_la=0.88, share=0.9) is rows[2]  # 0.1 learns too little
     assert choose(rows[:1], independent_la=0.9, share=0.9) is rows[0]  # none qualifies: best LA
+    tied = [{"F": 0.8, "LA": 0.75}, {"F": 0.7, "LA": 0.75}, {"F": 0.5, "LA": 0.6}]
+    assert choose(tied, independent_la=0.9, share=0.9) is tied[1]  # best LA, then lowest F
     assert parse_grid(["weight=1,10", "gamma=0.5"]) == [{"weight": 1, "gamma": 0.5}, {"weight": 10, "gamma": 0.5}]
