@@ -56,14 +56,18 @@ def run(root: Path, engine: str, set_params: list[str] = (), name: str | None = 
         quiet_user_error_tracebacks()
         lifelong_sequence(str(root))
         return 0
-    from flows.servers import die_with_parent, prefect_api
+    from flows.servers import die_with_parent, prefect_api, prefect_api_url
+    from flows.worker import stage_worker
 
-    with Project(root).lock(), prefect_api(Path(os.environ["PREFECT_HOME"])) as url:
-        # DVC runs each stage's `lifelong ...` through the shell: put this venv first on PATH.
-        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        env = dict(os.environ, PREFECT_API_URL=url, PATH=path)
+    url = prefect_api_url()
+    # DVC runs each stage's `lifelong ...` through the shell: put this venv first on PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(os.environ, PREFECT_API_URL=url, PATH=path)
+    # one Prefect server for all stages (without it every stage would start its own, ~20 s),
+    # and one worker that runs them with its imports done (flows/worker.py)
+    with (Project(root).lock(), stage_worker(env) as env,
+          prefect_api(Path(os.environ["PREFECT_HOME"]), url)):
         print(f"Prefect API: {url}", flush=True)
-        # one Prefect server for all stages: without it every stage would start its own (~20 s)
         code = subprocess.call([sys.executable, "-m", "dvc", *dvc_command(set_params, name)],
                                cwd=root, env=env, preexec_fn=die_with_parent)
     if code == 0:
@@ -255,7 +259,13 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    from flows.worker import hand_to_worker
+
+    code = hand_to_worker(argv, args.command)  # a stage of `lifelong run`: its worker runs it
+    if code is not None:
+        return code
     args.project = args.project.resolve()
     _env_defaults(args.project)
     try:

@@ -75,16 +75,21 @@ def background_server(cmd: list[str], health_url: str, env: dict, log: Path,
         stop_group(process)
 
 
+def prefect_api_url() -> str:
+    """PREFECT_API_URL if set, else the loopback address `prefect_api` will serve on: known
+    before the server starts, so that a stage worker can start beside it."""
+    return os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{free_port()}/api"
+
+
 @contextmanager
-def prefect_api(home: Path):
-    """Yield the API URL to use: PREFECT_API_URL if set, else a server started here."""
+def prefect_api(home: Path, url: str):
+    """Serve `url` from a server started here, unless PREFECT_API_URL already names one."""
     if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
+        yield url
         return
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
+    port = url.rsplit(":", 1)[1].split("/")[0]
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-           "--port", str(port)]
+           "--port", port]
     with background_server(cmd, f"{url}/health", env, Path(home) / "server.log"):
         yield url

@@ -176,3 +176,25 @@ def test_run_with_params_is_a_dvc_experiment():
     args = parser().parse_args(["run", "-S", "train.method=lfs", "-S", "train.steps=10", "-n", "lfs"])
     assert dvc_command(args.set_param, args.name) == ["exp", "run", "-S", "train.method=lfs",
                                                      "-S", "train.steps=10", "-n", "lfs"]
+
+
+def test_a_runs_stages_go_to_one_warm_worker_that_outlives_their_errors(tmp_path, monkeypatch,
+                                                                         prefect_api_url):
+    """flows/worker.py: `lifelong run` starts it; each stage command hands it its arguments
+    and returns its exit code (None here: nobody served it, the command runs itself)."""
+    from flows.worker import WORKER_ENV, hand_to_worker, stage_worker
+
+    project = make_project(tmp_path / "project", CONCEPTS[:1])
+    processed = project / "data" / "processed" / CONCEPTS[0]
+    monkeypatch.chdir(project)
+    with stage_worker(cli_env(tmp_path, prefect_api_url)) as env:
+        monkeypatch.setenv(WORKER_ENV, env[WORKER_ENV])
+        assert hand_to_worker(["registry"], "registry") is None  # not a stage: runs itself
+        assert hand_to_worker(["ingest", CONCEPTS[0]], "ingest") == 0
+        assert (processed / "manifest.json").exists()
+        assert hand_to_worker(["ingest", "no-such-concept"], "ingest") == 2  # a user error
+        assert hand_to_worker(["train"], "train") == 2  # argparse: the name is missing
+        (processed / "manifest.json").unlink()
+        assert hand_to_worker(["ingest", CONCEPTS[0]], "ingest") == 0  # still serving
+        assert (processed / "manifest.json").exists()
+    assert hand_to_worker(["ingest", CONCEPTS[0]], "ingest") is None  # the worker is gone
