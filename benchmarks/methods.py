@@ -113,7 +113,8 @@ def run_method(method: str, project: Project, names: list[str], processed: Path,
 
 def library_files(method: str) -> list[Path]:
     """The library's files one method's figures depend on: all but the other methods' own
-    modules, so adding or changing a method keeps the other methods' stored runs. A module
+    modules (and plots.py, which only draws), so adding or changing a method keeps the other
+    methods' stored runs. A module
     the method's class inherits from or imports names from (lfs: lfs_kd) is kept."""
     own = {sys.modules[c.__module__] for c in METHODS[method].__mro__ if c.__module__.startswith(LIBRARY.name)}
     used = set(own)
@@ -121,6 +122,7 @@ def library_files(method: str) -> list[Path]:
         used |= {sys.modules[v.__module__] for v in vars(mod).values()
                  if isinstance(getattr(v, "__module__", None), str) and v.__module__.startswith(LIBRARY.name)}
     others = {Path(sys.modules[c.__module__].__file__) for c in METHODS.values()} - {Path(m.__file__) for m in used}
+    others.add(LIBRARY / "plots.py")  # draws the figures, never computes one
     return [f for f in sorted(LIBRARY.rglob("*.py")) if f not in others]
 
 

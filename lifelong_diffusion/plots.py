@@ -74,17 +74,36 @@ def stability_plasticity(results: dict[str, dict], scores: list[str], out: Path)
     the lower right corner (learns, keeps) is where a lifelong method should sit."""
     fig, axes = plt.subplots(1, len(scores), figsize=(4.6 * len(scores), 4.0), squeeze=False)
     for ax, score in zip(axes[0], scores):
-        for method, row in results.items():
-            la, f = row[f"{score}_LA"], row[f"{score}_F"]
-            if la is None or f is None:  # one concept: nothing to forget yet
-                continue
+        # one concept: nothing to forget yet, no point
+        rows = {m: r for m, r in results.items() if None not in (r[f"{score}_LA"], r[f"{score}_F"])}
+        points = [(r[f"{score}_LA"], r[f"{score}_F"]) for r in rows.values()]
+        for (method, row), (la, f), dy in zip(rows.items(), points, _label_shifts(points)):
             ax.errorbar(la, f, xerr=_bar(la, row[f"{score}_LA_ci"]), yerr=_bar(f, row[f"{score}_F_ci"]),
                         fmt="o", markersize=4, capsize=2)
-            ax.annotate(method, (la, f), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(method, (la, f), textcoords="offset points", xytext=(4, 4 + dy), fontsize=7)
         ax.set_xlabel(f"LA ({score}): learnt right after its step")
         ax.set_ylabel(f"F ({score}): forgotten since")
         ax.axhline(0.0, color="grey", linewidth=0.5)
     return _save(fig, out)
+
+
+def _label_shifts(points: list[tuple[float, float]], near: tuple[float, float] = (0.15, 0.045)) -> list[int]:
+    """Vertical label offsets (points), placed greedily: each label at the first of 0, -9, +9,
+    -18, ... points whose box is clear of the labels placed before it. A box is `near` of the
+    data's span wide and high (a label is wide; 9 points are about 0.045 of a panel's height),
+    so two methods on nearly the same spot (routed and independent) do not print their names
+    over each other."""
+    spans = [max(v) - min(v) or 1.0 for v in zip(*points)] if points else []
+    placed, shifts = [], []
+    for x, y in points:
+        for k in (0, -1, 1, -2, 2, -3, 3):
+            label_y = y + k * near[1] * spans[1]
+            if all(abs(x - px) >= near[0] * spans[0] or abs(label_y - py) >= near[1] * spans[1]
+                   for px, py in placed):
+                break
+        placed.append((x, label_y))
+        shifts.append(9 * k)
+    return shifts
 
 
 def _bar(value: float, interval: list[float] | None):

@@ -155,3 +155,12 @@ def test_sweep_rule_prefers_low_forgetting_among_those_that_learn():
     tied = [{"F": 0.8, "LA": 0.75}, {"F": 0.7, "LA": 0.75}, {"F": 0.5, "LA": 0.6}]
     assert choose(tied, independent_la=0.9, share=0.9) is tied[1]  # best LA, then lowest F
     assert parse_grid(["weight=1,10", "gamma=0.5"]) == [{"weight": 1, "gamma": 0.5}, {"weight": 10, "gamma": 0.5}]
+
+
+def test_picture_stacks_the_labels_of_methods_on_nearly_the_same_spot():
+    from lifelong_diffusion.plots import _label_shifts
+
+    # independent and routed 0.02 apart in LA; naive and ewc apart in F
+    points = [(0.867, 0.0), (0.888, 0.0), (0.30, 0.19), (0.704, 0.609), (0.721, 0.646)]
+    assert _label_shifts(points) == [0, -9, 0, 0, 0]
+    assert _label_shifts([(0.5, 0.5), (0.5, 0.5), (0.5, 0.5), (0.9, 0.1)]) == [0, -9, 9, 0]
