@@ -114,8 +114,8 @@ def run_method(method: str, project: Project, names: list[str], processed: Path,
 def library_files(method: str) -> list[Path]:
     """The library's files one method's figures depend on: all but the other methods' own
     modules (and plots.py, which only draws), so adding or changing a method keeps the other
-    methods' stored runs. A module
-    the method's class inherits from or imports names from (lfs: lfs_kd) is kept."""
+    methods' stored runs. A module the method's class inherits from or imports names from
+    (lfs: lfs_kd) is kept."""
     own = {sys.modules[c.__module__] for c in METHODS[method].__mro__ if c.__module__.startswith(LIBRARY.name)}
     used = set(own)
     for mod in own:

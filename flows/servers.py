@@ -16,6 +16,7 @@ import time
 import urllib.request
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 def free_port() -> int:
@@ -87,7 +88,7 @@ def prefect_api(home: Path, url: str):
     if os.environ.get("PREFECT_API_URL"):
         yield url
         return
-    port = url.rsplit(":", 1)[1].split("/")[0]
+    port = str(urlsplit(url).port)
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
            "--port", port]
