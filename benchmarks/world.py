@@ -21,12 +21,14 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import open_clip
 import torch
 import yaml
 from diffusers import DDIMScheduler, StableDiffusionPipeline
+from PIL import Image
 
 from lifelong_diffusion.evaluate import EvalConfig, generate
 from lifelong_diffusion.generation import PersonalizedModel
@@ -34,6 +36,7 @@ from lifelong_diffusion.grid import image_grid
 from lifelong_diffusion.ingest import ingest_concept
 from lifelong_diffusion.presets import WORLD_DIR
 from lifelong_diffusion.snapshot import empty_snapshot, load_snapshot, save_snapshot
+from lifelong_diffusion.stamps import content_hash
 from lifelong_diffusion.train import TrainConfig, read_processed_concept, train_concept
 from lifelong_diffusion.world import CONCEPTS, attributes, concept_by_name, write_concept_folder
 from lifelong_diffusion.world.build import WorldBuildConfig, build_world_models
@@ -117,32 +120,33 @@ def train_params(overrides: dict | None = None) -> dict:
 
 def concept_after_lora(world_dir: Path, concept: str, work: Path, overrides: dict | None = None,
                        photo_seed: int = 0, n_seeds: int = 16, grid: str | None = None,
-                       photo_spread: float = PHOTO_SPREAD, n_photos: int = 5) -> dict:
+                       photo_spread: float = PHOTO_SPREAD, n_photos: int = 5,
+                       classifier_path: Path | None = None, samples_dir: Path | None = None) -> dict:
     """Learn one world concept from the base with the project's own training code, then read
     16 samples of its identifier prompt and of its class prompt with the attribute classifier.
 
     concept_* figures: shares of identifier-prompt samples with the concept's shape and
     pattern (attr), its pattern, its two colours; class_attr: the class prompt still draws
-    the plain class (right shape, no pattern) after the LoRA."""
+    the plain class (right shape, no pattern) after the LoRA. With `samples_dir` the samples
+    are kept there as PNGs and reused while everything that made them is unchanged, so
+    another classifier re-reads them in seconds instead of a LoRA step per concept."""
     spec = concept_by_name(concept)
-    concept_dir = write_concept_folder(spec, work / "concepts", n_photos, seed=photo_seed,
-                                       spread=photo_spread)
-    ingest_concept(concept_dir, work / "processed" / concept, resolution=32, min_size=32)
-    save_snapshot(empty_snapshot(str(world_dir / "base")), work / "adapters" / "base")
     cfg = TrainConfig(**train_params(overrides))
-    start = time.perf_counter()
-    train_concept(work / "adapters" / "base", work / "processed" / concept, work / "adapters" / concept,
-                  cfg, progress=False)
-    seconds = time.perf_counter() - start
-    model = PersonalizedModel(load_snapshot(work / "adapters" / concept), "cpu")
-    eval_cfg = EvalConfig(seeds=list(range(n_seeds)))
-    concept_images = generate(model, eval_cfg.prompt.format(token=spec.token, class_word=spec.class_word), eval_cfg)
-    class_images = generate(model, eval_cfg.text_prompt.format(class_word=spec.class_word), eval_cfg)
-    classifier = attributes.load(world_dir / "attributes.safetensors")
+    train = {**asdict(cfg), "method_params": cfg.selected_method_params}  # the other methods are never read
+    made_by = {"concept": concept, "photo_seed": photo_seed, "n_seeds": n_seeds, "photo_spread": photo_spread,
+               "n_photos": n_photos, "train": train, "base": content_hash(world_dir / "base")}
+    kept = samples_dir and load_samples(samples_dir / concept, made_by)
+    if kept:
+        photos, concept_images, class_images, seconds = kept
+    else:
+        photos, concept_images, class_images, seconds = lora_samples(world_dir, spec, work, cfg, made_by)
+        if samples_dir:
+            save_samples(samples_dir / concept, made_by, photos, concept_images, class_images, seconds)
+    classifier = attributes.load(classifier_path or world_dir / "attributes.safetensors")
     reads, class_reads = attributes.predict(classifier, concept_images), attributes.predict(classifier, class_images)
     if grid:
-        photos = read_processed_concept(work / "processed" / concept).images[:2]
-        image_grid([(f"{concept} {spec.token}", [*photos, *concept_images]),
+        eval_cfg = EvalConfig()
+        image_grid([(f"{concept} {spec.token}", [*photos[:2], *concept_images]),
                     (eval_cfg.text_prompt.format(class_word=spec.class_word), [None, None, *class_images])],
                    cell=48).save(grid)
 
@@ -158,6 +162,50 @@ def concept_after_lora(world_dir: Path, concept: str, work: Path, overrides: dic
         "class_attr_acc_after_lora": share(class_reads, lambda p: p["shape"] == spec.shape and p["pattern"] is None),
         "lora_steps": cfg.steps, "lora_seconds": seconds,
     }
+
+
+def lora_samples(world_dir: Path, spec, work: Path, cfg: TrainConfig, made_by: dict):
+    """The concept's photos, then one LoRA step from the base and its samples of the identifier
+    prompt and of the class prompt; the step's seconds last."""
+    concept_dir = write_concept_folder(spec, work / "concepts", made_by["n_photos"], seed=made_by["photo_seed"],
+                                       spread=made_by["photo_spread"])
+    ingest_concept(concept_dir, work / "processed" / spec.name, resolution=32, min_size=32)
+    save_snapshot(empty_snapshot(str(world_dir / "base")), work / "adapters" / "base")
+    start = time.perf_counter()
+    train_concept(work / "adapters" / "base", work / "processed" / spec.name, work / "adapters" / spec.name,
+                  cfg, progress=False)
+    seconds = time.perf_counter() - start
+    model = PersonalizedModel(load_snapshot(work / "adapters" / spec.name), "cpu")
+    eval_cfg = EvalConfig(seeds=list(range(made_by["n_seeds"])))
+    concept_images = generate(model, eval_cfg.prompt.format(token=spec.token, class_word=spec.class_word), eval_cfg)
+    class_images = generate(model, eval_cfg.text_prompt.format(class_word=spec.class_word), eval_cfg)
+    photos = read_processed_concept(work / "processed" / spec.name).images
+    return photos, concept_images, class_images, seconds
+
+
+def save_samples(folder: Path, made_by: dict, photos, concept_images, class_images, seconds: float) -> None:
+    """PNGs (lossless: a re-read sees the exact pixels) and made_by.json, written last so a
+    half-written folder is never reused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, images in (("photo", photos), ("concept", concept_images), ("class", class_images)):
+        for i, image in enumerate(images):
+            image.save(folder / f"{kind}-{i:02d}.png")
+    (folder / "made_by.json").write_text(json.dumps({**made_by, "lora_seconds": seconds}, indent=1) + "\n")
+
+
+def load_samples(folder: Path, made_by: dict):
+    """What `save_samples` wrote, or None when it is missing or was made by anything else."""
+    meta = folder / "made_by.json"
+    if not meta.exists():
+        return None
+    kept = json.loads(meta.read_text())
+    seconds = kept.pop("lora_seconds")
+    if kept != json.loads(json.dumps(made_by)):
+        return None
+
+    def images(kind: str) -> list:
+        return [Image.open(p).convert("RGB") for p in sorted(folder.glob(f"{kind}-*.png"))]
+    return images("photo"), images("concept"), images("class"), seconds
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -179,6 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--all-concepts", action="store_true",
                         help="also run the LoRA check on all 12 world concepts")
     parser.add_argument("--grid", help="write PNG grids of the samples here (base, and -concept.png)")
+    parser.add_argument("--samples", help="keep each concept's LoRA samples in this folder and reuse them "
+                        "while the base, photos and train settings are unchanged")
+    parser.add_argument("--classifier", help="attribute classifier to read with (default: the world folder's)")
     args = parser.parse_args(argv)
 
     result: dict = {}
@@ -192,7 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
         result.update(pretrain_seconds=report["pretrain_seconds"],
                       base_pretrain_seconds=report["base"]["pretrain_seconds"],
                       unet_steps=report["base"]["unet_steps"])
-        classifier = attributes.load(world_dir / "attributes.safetensors")
+        classifier_path = Path(args.classifier or world_dir / "attributes.safetensors")
+        classifier = attributes.load(classifier_path)
         result.update(score_base(world_dir / "base", classifier, args.seeds, args.sample_steps,
                                  args.guidance, args.grid))
         clip, _, _ = open_clip.create_model_and_transforms(WORLD_CLIP, pretrained=str(world_dir / "clip.safetensors"))
@@ -203,7 +255,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         def lora_check(name: str, grid: str | None = None) -> dict:
             return concept_after_lora(world_dir, name, Path(tmp) / f"lora-{name}", overrides,
-                                      args.concept_seed, args.concept_seeds, grid, n_photos=args.photos)
+                                      args.concept_seed, args.concept_seeds, grid, n_photos=args.photos,
+                                      classifier_path=classifier_path,
+                                      samples_dir=args.samples and Path(args.samples))
         main_check = lora_check(args.concept, concept_grid)
         result.update(main_check, concept_acc_after_lora=main_check["concept_pattern_acc_after_lora"])
         if args.all_concepts:  # the main check's concept is not trained a second time

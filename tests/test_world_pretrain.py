@@ -108,3 +108,19 @@ def test_vae_textures_repaint_only_objects_in_two_base_colours():
         assert torch.equal(painted[:, ~inside], original[:, ~inside])  # background untouched
         colours = {tuple(v) for v in painted[:, inside].T.tolist()}
         assert len(colours) == 2 and colours <= palette  # blotches of two base colours
+
+
+def test_world_check_keeps_samples_and_reuses_them_only_when_unchanged(tmp_path):
+    from benchmarks.world import concept_after_lora
+    from lifelong_diffusion.presets import WORLD_DIR
+
+    kept = tmp_path / "samples"
+
+    def check(work: str, steps: int) -> dict:
+        return concept_after_lora(WORLD_DIR, "ringed-circle", tmp_path / work, {"steps": steps}, 1, 2,
+                                  samples_dir=kept)
+    first = check("a", 2)
+    assert sorted(p.name for p in (kept / "ringed-circle").glob("concept-*.png")) == ["concept-00.png",
+                                                                                      "concept-01.png"]
+    assert check("b", 2) == first and not (tmp_path / "b").exists()  # re-read, not retrained
+    assert check("c", 3)["lora_steps"] == 3 and (tmp_path / "c").exists()  # other settings: trained again
