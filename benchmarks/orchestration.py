@@ -13,7 +13,10 @@ time minus the plain run's phase (process start, imports, Prefect flow and task 
 and registration has no plain counterpart. The last stdout line is one JSON object:
 {"ratio": .., "pipeline_seconds": .., "plain_seconds": .., "server_start_seconds": ..,
  "extra_seconds": {"startup": .., "base": .., "ingest": .., "baseline": .., "train": ..,
-                   "evaluate": .., "continual": .., "register": ..}, "cores_idle": ..}
+                   "evaluate": .., "continual": .., "register": ..}, "cores_idle": ..,
+ "extra_in_flow_seconds": {..}, "after_flow_seconds": {..}, "around_stage_seconds": {..}}
+The last three split each stage's extra time, from the stage worker's own timings: in its flow
+beyond the library call, in the log drain after it, and around it (DVC, the stage command).
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from flows.worker import TIMES_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -53,7 +58,9 @@ def make_project(root: Path, overrides: dict) -> Path:
 def pipeline_run(root: Path) -> dict:
     """`lifelong run` in a fresh DVC repository; per-stage wall times from its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PREFECT_HOME=str(root / ".prefect"))
+    times = root / "stage_times.jsonl"  # the stage worker's own timing of each stage
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PREFECT_HOME=str(root / ".prefect"),
+               **{TIMES_ENV: str(times)})
     subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True, env=env)
     shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots", dirs_exist_ok=True)
     start = time.perf_counter()
@@ -74,7 +81,20 @@ def pipeline_run(root: Path) -> dict:
         stages[stage] = stages.get(stage, 0.0) + until - at
     # before the first stage: DVC's start, the Prefect server's start, the up-front checks
     stages["startup"] = marks[0][1] if marks else total
-    return {"seconds": total, "server_start_seconds": server_ready, "stages": stages}
+    return {"seconds": total, "server_start_seconds": server_ready, "stages": stages,
+            "in_worker": worker_times(times)}
+
+
+def worker_times(path: Path) -> dict[str, dict[str, float]]:
+    """Per DVC stage, the seconds the worker spent in its flows and after them (log drain)."""
+    out: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        record = json.loads(line)
+        stage = "baseline" if record["argv"] == ["evaluate", "base"] else record["argv"][0]
+        into = out.setdefault(stage, {"flow": 0.0, "after": 0.0})
+        into["flow"] += record["flow_seconds"]
+        into["after"] += record["after_seconds"]
+    return out
 
 
 def plain_run(root: Path) -> dict:
@@ -146,6 +166,13 @@ def main(argv: list[str] | None = None) -> dict:
         "extra_seconds": extra,
         "stage_seconds": {k: round(v, 1) for k, v in pipeline["stages"].items()},
         "phase_seconds": {k: round(v, 1) for k, v in plain["phases"].items()},
+        # where each stage's extra goes: in its flow beyond the library call (Prefect, MLflow),
+        # in the log drain after it, and around it (DVC, the stage command, the hand-over)
+        "extra_in_flow_seconds": {k: round(v["flow"] - plain["phases"].get(k, 0.0), 1)
+                                  for k, v in pipeline["in_worker"].items()},
+        "after_flow_seconds": {k: round(v["after"], 1) for k, v in pipeline["in_worker"].items()},
+        "around_stage_seconds": {k: round(pipeline["stages"][k] - v["flow"] - v["after"], 1)
+                                 for k, v in pipeline["in_worker"].items() if k in pipeline["stages"]},
         # a load average near 0 before the start means the cores were otherwise idle
         "load_before": round(load_before, 2), "cores_idle": load_before < 0.5,
     }

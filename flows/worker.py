@@ -25,6 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 WORKER_ENV = "LIFELONG_STAGE_WORKER"  # the socket's path, set for the stages of one run
+# Optional: a file the worker appends one JSON line per stage to (the seconds of its flow, and
+# of the log drain and clean-up after it), so benchmarks.orchestration can tell time in a stage from time around it.
+TIMES_ENV = "LIFELONG_STAGE_TIMES"
 STAGES = ("base", "ingest", "train", "evaluate", "continual", "register")
 SOCKET = "stages.sock"
 
@@ -55,6 +58,7 @@ def run_request(request: dict) -> int:
     from flows.cli import main
 
     os.chdir(request["cwd"])
+    start = time.perf_counter()
     try:
         return int(main(request["argv"]) or 0)
     except SystemExit as exc:  # argparse's usage errors
@@ -65,10 +69,19 @@ def run_request(request: dict) -> int:
     finally:
         from prefect.logging.handlers import APILogWorker
 
+        ran = time.perf_counter()
         APILogWorker.drain_all(timeout=5)  # the stage's logs reach the UI before it counts as done
         sys.stdout.flush()
         sys.stderr.flush()
         gc.collect()  # the stage's models, before the next one loads its own
+        record_times(request["argv"], flow_seconds=ran - start, after_seconds=time.perf_counter() - ran)
+
+
+def record_times(argv: list[str], **seconds: float) -> None:
+    """Append the stage's timings to the file TIMES_ENV names, if it names one."""
+    if path := os.environ.get(TIMES_ENV):
+        with open(path, "a") as out:
+            out.write(json.dumps({"argv": argv, **seconds}) + "\n")
 
 
 def serve(path: str) -> None:

@@ -2,6 +2,7 @@
 MLflow (a SQLite store in the project), DVC (in a temporary git repository)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -182,12 +183,13 @@ def test_a_runs_stages_go_to_one_warm_worker_that_outlives_their_errors(tmp_path
                                                                          prefect_api_url):
     """flows/worker.py: `lifelong run` starts it; each stage command hands it its arguments
     and returns its exit code (None here: nobody served it, the command runs itself)."""
-    from flows.worker import WORKER_ENV, hand_to_worker, stage_worker
+    from flows.worker import TIMES_ENV, WORKER_ENV, hand_to_worker, stage_worker
 
     project = make_project(tmp_path / "project", CONCEPTS[:1])
     processed = project / "data" / "processed" / CONCEPTS[0]
+    times = tmp_path / "stage_times.jsonl"
     monkeypatch.chdir(project)
-    with stage_worker(cli_env(tmp_path, prefect_api_url)) as env:
+    with stage_worker(dict(cli_env(tmp_path, prefect_api_url), **{TIMES_ENV: str(times)})) as env:
         monkeypatch.setenv(WORKER_ENV, env[WORKER_ENV])
         assert hand_to_worker(["registry"], "registry") is None  # not a stage: runs itself
         assert hand_to_worker(["ingest", CONCEPTS[0]], "ingest") == 0
@@ -198,3 +200,8 @@ def test_a_runs_stages_go_to_one_warm_worker_that_outlives_their_errors(tmp_path
         assert hand_to_worker(["ingest", CONCEPTS[0]], "ingest") == 0  # still serving
         assert (processed / "manifest.json").exists()
     assert hand_to_worker(["ingest", CONCEPTS[0]], "ingest") is None  # the worker is gone
+    # the worker timed each stage it ran (benchmarks.orchestration splits the tax with them)
+    records = [json.loads(line) for line in times.read_text().splitlines()]
+    assert [r["argv"] for r in records] == [["ingest", CONCEPTS[0]], ["ingest", "no-such-concept"],
+                                            ["train"], ["ingest", CONCEPTS[0]]]
+    assert all(r["flow_seconds"] >= 0 and r["after_seconds"] >= 0 for r in records)
