@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -185,8 +186,10 @@ def lora_samples(world_dir: Path, spec, work: Path, cfg: TrainConfig, made_by: d
 
 def save_samples(folder: Path, made_by: dict, photos, concept_images, class_images, seconds: float) -> None:
     """PNGs (lossless: a re-read sees the exact pixels) and made_by.json, written last so a
-    half-written folder is never reused."""
-    folder.mkdir(parents=True, exist_ok=True)
+    half-written folder is never reused; what an earlier run kept there goes first (it may
+    have had more seeds)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     for kind, images in (("photo", photos), ("concept", concept_images), ("class", class_images)):
         for i, image in enumerate(images):
             image.save(folder / f"{kind}-{i:02d}.png")
