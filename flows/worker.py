@@ -26,7 +26,8 @@ from pathlib import Path
 
 WORKER_ENV = "LIFELONG_STAGE_WORKER"  # the socket's path, set for the stages of one run
 # Optional: a file the worker appends one JSON line per stage to (the seconds of its flow, and
-# of the log drain and clean-up after it), so benchmarks.orchestration can tell time in a stage from time around it.
+# of the log drain and clean-up after it), so benchmarks.orchestration can tell time in a
+# stage from time around it.
 TIMES_ENV = "LIFELONG_STAGE_TIMES"
 STAGES = ("base", "ingest", "train", "evaluate", "continual", "register")
 SOCKET = "stages.sock"
