@@ -57,7 +57,7 @@ def run(root: Path, engine: str, set_params: list[str] = (), name: str | None = 
         lifelong_sequence(str(root))
         return 0
     from flows.servers import die_with_parent, prefect_api, prefect_api_url
-    from flows.worker import stage_worker
+    from flows.worker import stage_worker, stop_worker
 
     url = prefect_api_url()
     # DVC runs each stage's `lifelong ...` through the shell: put this venv first on PATH.
@@ -70,6 +70,7 @@ def run(root: Path, engine: str, set_params: list[str] = (), name: str | None = 
         print(f"Prefect API: {url}", flush=True)
         code = subprocess.call([sys.executable, "-m", "dvc", *dvc_command(set_params, name)],
                                cwd=root, env=env, preexec_fn=die_with_parent)
+        stop_worker(env)
     if code == 0:
         print_outcome(Project(root))
     return code
@@ -184,19 +185,25 @@ def quiet_user_error_tracebacks() -> None:
 
 
 def stage(args) -> None:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     from flows import stages as f
 
     quiet_user_error_tracebacks()
     root = str(args.project)
-    {
-        "pretrain": lambda: f.pretrain_flow(root),
-        "base": lambda: f.base_flow(root),
-        "ingest": lambda: f.ingest_flow(args.name, root),
-        "train": lambda: f.train_flow(args.name, root),
-        "evaluate": lambda: f.evaluate_flow(args.name, root),
-        "register": lambda: f.register_flow(root),
-        "continual": lambda: f.continual_flow(root),
-    }[args.command]()
+    # A flow's heartbeat thread sleeps in 1 s steps and is joined at the flow's end: ~1 s per
+    # stage flow, 19 s of a default run (reports/orchestration.md). Prefect reads heartbeats
+    # only to mark crashed deployment runs; a stage runs inside a foreground `lifelong run`.
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        {
+            "pretrain": lambda: f.pretrain_flow(root),
+            "base": lambda: f.base_flow(root),
+            "ingest": lambda: f.ingest_flow(args.name, root),
+            "train": lambda: f.train_flow(args.name, root),
+            "evaluate": lambda: f.evaluate_flow(args.name, root),
+            "register": lambda: f.register_flow(root),
+            "continual": lambda: f.continual_flow(root),
+        }[args.command]()
 
 
 def parser() -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -179,16 +181,44 @@ def test_run_with_params_is_a_dvc_experiment():
                                                      "-S", "train.steps=10", "-n", "lfs"]
 
 
+def assert_stage_flows_reported(since: datetime) -> None:
+    """The ingest flows run since `since` have their logs on the server (the worker drains them
+    when stopped, not after each stage) and sent no heartbeat (it cost ~1 s per stage flow)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterStartTime, LogFilter,
+                                                LogFilterFlowRunId)
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            start_time=FlowRunFilterStartTime(after_=since)))
+        assert len(runs) == 3  # the three ingests (argparse's error comes before any flow)
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs])))
+        finished = {log.flow_run_id for log in logs if "Finished in state" in log.message}
+        assert finished == {r.id for r in runs}
+        deadline = time.monotonic() + 60
+        while True:  # the server stores events a few seconds after they arrive
+            events = EventFilter(occurred=EventOccurredFilter(since=since),  # until: now
+                                 event=EventNameFilter(prefix=["prefect.flow-run."]))
+            names = [e.event for e in client.read_events(events, limit=50).events]
+            if names.count("prefect.flow-run.Completed") >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert names.count("prefect.flow-run.Completed") == 2, names  # one ingest failed
+        assert "prefect.flow-run.heartbeat" not in names
+
+
 def test_a_runs_stages_go_to_one_warm_worker_that_outlives_their_errors(tmp_path, monkeypatch,
                                                                          prefect_api_url):
     """flows/worker.py: `lifelong run` starts it; each stage command hands it its arguments
     and returns its exit code (None here: nobody served it, the command runs itself)."""
-    from flows.worker import TIMES_ENV, WORKER_ENV, hand_to_worker, stage_worker
+    from flows.worker import TIMES_ENV, WORKER_ENV, hand_to_worker, stage_worker, stop_worker
 
     project = make_project(tmp_path / "project", CONCEPTS[:1])
     processed = project / "data" / "processed" / CONCEPTS[0]
     times = tmp_path / "stage_times.jsonl"
     monkeypatch.chdir(project)
+    started = datetime.now(timezone.utc)
     with stage_worker(dict(cli_env(tmp_path, prefect_api_url), **{TIMES_ENV: str(times)})) as env:
         monkeypatch.setenv(WORKER_ENV, env[WORKER_ENV])
         assert hand_to_worker(["registry"], "registry") is None  # not a stage: runs itself
@@ -199,7 +229,9 @@ def test_a_runs_stages_go_to_one_warm_worker_that_outlives_their_errors(tmp_path
         (processed / "manifest.json").unlink()
         assert hand_to_worker(["ingest", CONCEPTS[0]], "ingest") == 0  # still serving
         assert (processed / "manifest.json").exists()
-    assert hand_to_worker(["ingest", CONCEPTS[0]], "ingest") is None  # the worker is gone
+        stop_worker(env)  # `lifelong run` stops it while the server runs: it drains its logs
+        assert hand_to_worker(["ingest", CONCEPTS[0]], "ingest") is None  # the worker is gone
+    assert_stage_flows_reported(started)
     # the worker timed each stage it ran (benchmarks.orchestration splits the tax with them)
     records = [json.loads(line) for line in times.read_text().splitlines()]
     assert [r["argv"] for r in records] == [["ingest", CONCEPTS[0]], ["ingest", "no-such-concept"],
