@@ -5,18 +5,21 @@ against the same work as plain library calls in one process.
     python -m benchmarks.orchestration --steps 20 --seeds 2   # a quick look
 
 Both runs start from a fresh copy of the project (data/concepts, params.yaml, dvc.yaml) in a
-temporary folder, one after the other, on the same cores. The plain run does what the stages
-do, in order, timed per phase: write S_0, ingest every concept, evaluate the base, then per
-concept train and evaluate, then the continual report; it registers nothing. The pipeline
-run's stages are timed from DVC's "Running stage" lines; each stage's extra time is its wall
-time minus the plain run's phase (process start, imports, Prefect flow and task bookkeeping),
-and registration has no plain counterpart. The last stdout line is one JSON object:
-{"ratio": .., "pipeline_seconds": .., "plain_seconds": .., "server_start_seconds": ..,
+temporary folder, one after the other, on the same cores. The plain run is a fresh Python
+process that does what the stages do, in order, timed per phase: import the library
+("startup"), write S_0, ingest every concept, evaluate the base, then per concept train and
+evaluate, then the continual report; it registers nothing. The pipeline run's stages are
+timed from DVC's "Running stage" lines; each stage's extra time is its wall time minus the
+plain run's phase (process start, imports, Prefect flow and task bookkeeping), and
+registration has no plain counterpart. The last stdout line is one JSON object:
+{"ratio": .., "ratio_without_plain_imports": .., "pipeline_seconds": .., "plain_seconds": ..,
+ "server_start_seconds": ..,
  "extra_seconds": {"startup": .., "base": .., "ingest": .., "baseline": .., "train": ..,
                    "evaluate": .., "continual": .., "register": ..}, "cores_idle": ..,
  "extra_in_flow_seconds": {..}, "after_flow_seconds": {..}, "around_stage_seconds": {..}}
 The last three split each stage's extra time, from the stage worker's own timings: in its flow
-beyond the library call, in the log drain after it, and around it (DVC, the stage command).
+beyond the library call, in the clean-up after it, and around it (DVC, the stage command).
+`ratio_without_plain_imports` leaves the plain run's imports out, as sessions 12-14 did.
 """
 from __future__ import annotations
 
@@ -86,7 +89,7 @@ def pipeline_run(root: Path) -> dict:
 
 
 def worker_times(path: Path) -> dict[str, dict[str, float]]:
-    """Per DVC stage, the seconds the worker spent in its flows and after them (log drain)."""
+    """Per DVC stage, the seconds the worker spent in its flows and after them (clean-up)."""
     out: dict[str, dict[str, float]] = {}
     for line in path.read_text().splitlines() if path.exists() else []:
         record = json.loads(line)
@@ -98,7 +101,10 @@ def worker_times(path: Path) -> dict[str, dict[str, float]]:
 
 
 def plain_run(root: Path) -> dict:
-    """The same sequence as library calls in this process, timed per phase."""
+    """The same sequence as library calls in this process, timed per phase. Run it in a fresh
+    interpreter (`--plain ROOT`, as `plain_process` does): its one round of imports is the
+    plain run's "startup", as a script of library calls would pay it."""
+    start = time.perf_counter()
     from lifelong_diffusion.continual import continual_report
     from lifelong_diffusion.evaluate import evaluate_snapshot
     from lifelong_diffusion.ingest import ingest_concept
@@ -107,7 +113,7 @@ def plain_run(root: Path) -> dict:
     from lifelong_diffusion.train import train_concept
 
     project = Project(root)
-    phases: dict[str, float] = {}
+    phases: dict[str, float] = {"startup": time.perf_counter() - start}
 
     def timed(phase: str, work):
         start = time.perf_counter()
@@ -115,7 +121,6 @@ def plain_run(root: Path) -> dict:
         phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - start
         return result
 
-    start = time.perf_counter()
     order, cfg, eval_cfg = project.sequence(), project.train_config(), project.eval_config()
     timed("base", lambda: save_snapshot(empty_snapshot(project.section("base")["model"]),
                                         project.snapshot_dir(BASE)))
@@ -137,6 +142,15 @@ def plain_run(root: Path) -> dict:
     return {"seconds": time.perf_counter() - start, "phases": phases}
 
 
+def plain_process(root: Path) -> dict:
+    """plain_run in a fresh interpreter, so that its imports are timed as the pipeline's are."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.orchestration", "--plain", str(root)],
+                          cwd=REPO, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the plain run failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 
@@ -145,7 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, help="train.steps (default: params.yaml's)")
     parser.add_argument("--seeds", type=int, help="evaluation seeds (default: params.yaml's)")
+    parser.add_argument("--plain", metavar="ROOT", help=argparse.SUPPRESS)  # plain_process's child
     args = parser.parse_args(argv)
+    if args.plain:
+        print(json.dumps(plain_run(Path(args.plain))))
+        return {}
     overrides = {"train": {}, "evaluate": {}}
     if args.steps:
         overrides["train"]["steps"] = args.steps
@@ -155,19 +173,21 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = pipeline_run(make_project(Path(tmp) / "pipeline", overrides))
         print(f"pipeline: {pipeline['seconds']:.0f} s {pipeline['stages']}", flush=True)
-        plain = plain_run(make_project(Path(tmp) / "plain", overrides))
+        plain = plain_process(make_project(Path(tmp) / "plain", overrides))
         print(f"plain: {plain['seconds']:.0f} s {plain['phases']}", flush=True)
     extra = {stage: round(seconds - plain["phases"].get(stage, 0.0), 1)
              for stage, seconds in pipeline["stages"].items()}
     result = {
         "ratio": round(pipeline["seconds"] / plain["seconds"], 3),
+        # sessions 12-14 timed the plain run after its imports (the ratio they published)
+        "ratio_without_plain_imports": round(pipeline["seconds"] / (plain["seconds"] - plain["phases"]["startup"]), 3),
         "pipeline_seconds": round(pipeline["seconds"], 1), "plain_seconds": round(plain["seconds"], 1),
         "server_start_seconds": pipeline["server_start_seconds"] and round(pipeline["server_start_seconds"], 1),
         "extra_seconds": extra,
         "stage_seconds": {k: round(v, 1) for k, v in pipeline["stages"].items()},
         "phase_seconds": {k: round(v, 1) for k, v in plain["phases"].items()},
         # where each stage's extra goes: in its flow beyond the library call (Prefect, MLflow),
-        # in the log drain after it, and around it (DVC, the stage command, the hand-over)
+        # in the clean-up after it, and around it (DVC, the stage command, the hand-over)
         "extra_in_flow_seconds": {k: round(v["flow"] - plain["phases"].get(k, 0.0), 1)
                                   for k, v in pipeline["in_worker"].items()},
         "after_flow_seconds": {k: round(v["after"], 1) for k, v in pipeline["in_worker"].items()},
