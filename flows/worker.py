@@ -119,6 +119,7 @@ def stop_worker(env: dict) -> None:
     if WORKER_ENV not in env:
         return  # it never started: the stages ran in their own processes
     with suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(60)  # a stage still running (DVC died under it) is not waited for longer
         conn.connect(env[WORKER_ENV])
         conn.sendall(json.dumps({"stop": True}).encode() + b"\n")
         conn.makefile("rb").readline()
