@@ -69,7 +69,7 @@ def run_request(request: dict) -> int:
         return 1
     finally:
         # The stage's logs go on reaching the UI from Prefect's log thread (a batch every 2 s);
-        # draining them here cost 0.3-0.5 s per stage. `serve` drains once, when it stops.
+        # no drain per stage holds the next one back. `serve` drains once, when it stops.
         ran = time.perf_counter()
         sys.stdout.flush()
         sys.stderr.flush()
