@@ -49,7 +49,7 @@ from lifelong_diffusion.methods import METHODS
 from lifelong_diffusion.plots import forgetting_curves, stability_plasticity
 from lifelong_diffusion.presets import WORLD_DIR
 from lifelong_diffusion.project import BASE, Project
-from lifelong_diffusion.snapshot import empty_snapshot, read_train_log, save_snapshot
+from lifelong_diffusion.snapshot import empty_snapshot, read_timing, read_train_log, save_snapshot
 from lifelong_diffusion.stamps import content_hash, inputs_key
 from lifelong_diffusion.train import train_concept
 from lifelong_diffusion.world import DEFAULT_SEQUENCE, LONG_SEQUENCE, concept_by_name, write_concept_folder
@@ -97,7 +97,7 @@ def run_method(method: str, project: Project, names: list[str], processed: Path,
     steps, logs, prev = [], [], BASE
     for name in names:
         train_concept(adapters / prev, processed / name, adapters / name, cfg, progress=False)
-        logs.append(read_train_log(adapters / name))
+        logs.append({**read_train_log(adapters / name), **read_timing(adapters / name)})
         steps.append(evaluate_snapshot(adapters / name, processed, evals / name, eval_cfg, class_words))
         print(f"  {method} after {name}: {steps[-1]['summary']}", flush=True)
         prev = name

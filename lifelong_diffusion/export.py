@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
 from safetensors.torch import save_file
 
 from .backbone import native_resolution, pipeline_class
@@ -54,6 +55,7 @@ def export_standard_files(snap: Snapshot, folder: Path) -> None:
                     "target_modules": sorted({k.rsplit(".lora_", 1)[0] for k in weights})}
         pipe_class.save_lora_weights(folder / _lora_folder(export), unet_lora_layers=weights,
                                      unet_lora_adapter_metadata=metadata)
+        sort_metadata(folder / _lora_folder(export) / LORA_WEIGHT_NAME_SAFE)
         (folder / "kohya").mkdir(exist_ok=True)
         save_file(to_kohya(weights, export.alpha), folder / "kohya" / _kohya_name(snap, export))
     sdxl = pipe_class is StableDiffusionXLPipeline
@@ -65,6 +67,19 @@ def export_standard_files(snap: Snapshot, folder: Path) -> None:
         save_file({k: v.clone() for k, v in parts.items()},  # no shared storage in safetensors
                   folder / "diffusers" / f"{bare(token)}.safetensors")
     (folder / "diffusers" / "README.md").write_text(_readme(snap, method, exports, base, sdxl))
+
+
+def sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors file with its metadata keys sorted. safetensors writes the
+    metadata map in a random order per process (a Rust HashMap), so the same weights gave other
+    bytes on each run and the step's output another DVC hash (a changed dvc.lock)."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items())), **header}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads its header to 8 bytes, for alignment
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size:])
 
 
 def to_kohya(weights: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:

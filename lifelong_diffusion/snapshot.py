@@ -6,7 +6,9 @@ A snapshot folder holds
                        and for methods that fold each adapter into their state: folded.py)
   tokens.safetensors   one embedding row per learned identifier token
   state.safetensors    method state (Fisher, anchors, ...), absent when the method keeps none
-  train_log.json       loss per optimizer step and wall time
+  train_log.json       loss per optimizer step and the method's figures
+  timing.json          wall seconds; left out of DVC's hash (.dvcignore), so a re-run that
+                       writes the same weights leaves dvc.lock unchanged
   diffusers/, kohya/   the same adapter and tokens as standard files for other tools
                        (export.py; written by train.py through `extras`)
 It is written into a temporary sibling and renamed into place, so a crash never leaves a
@@ -27,6 +29,7 @@ from .fileio import atomic_dir
 
 FORMAT = 1
 _TENSOR_FILES = ("adapter", "tokens", "state")
+TIMING = "timing.json"  # the project's .dvcignore names it too
 
 
 class SnapshotError(RuntimeError):
@@ -69,7 +72,8 @@ def empty_snapshot(base_model: str) -> Snapshot:
 
 
 def save_snapshot(snap: Snapshot, folder: Path, train_log: dict | None = None,
-                  inputs: str | None = None, extras: Callable[[Path], None] | None = None) -> str:
+                  inputs: str | None = None, extras: Callable[[Path], None] | None = None,
+                  timing: dict | None = None) -> str:
     """Write `snap` atomically to `folder`; returns its fingerprint. `inputs` is the key of
     what it was trained from (stamps.py), kept outside the fingerprint. `extras(tmp)` writes
     further files into the temporary folder, so they appear with the snapshot or not at all."""
@@ -87,6 +91,8 @@ def save_snapshot(snap: Snapshot, folder: Path, train_log: dict | None = None,
         (tmp / "snapshot.json").write_text(json.dumps(meta, indent=2) + "\n")
         if train_log is not None:
             (tmp / "train_log.json").write_text(json.dumps(train_log) + "\n")
+        if timing is not None:
+            (tmp / TIMING).write_text(json.dumps(timing) + "\n")
         if extras is not None:
             extras(tmp)
     return fingerprint
@@ -136,3 +142,10 @@ def _load_tensors(path: Path, rerun: str) -> dict[str, torch.Tensor]:
 
 def read_train_log(folder: Path) -> dict:
     return json.loads((Path(folder) / "train_log.json").read_text())
+
+
+def read_timing(folder: Path) -> dict:
+    """The step's wall seconds; empty where DVC restored the snapshot from its cache, which
+    does not keep timing.json."""
+    path = Path(folder) / TIMING
+    return json.loads(path.read_text()) if path.exists() else {}

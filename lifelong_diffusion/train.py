@@ -309,8 +309,9 @@ def train_concept(prev_dir: Path, concept_dir: Path, out_dir: Path, cfg: TrainCo
     # training (a Fisher pass), which its own train_log reports.
     training_seconds = run.prepare_seconds + time.perf_counter() - loop_started
     snap = run.student.snapshot(run.prev, run.concept, run.method, cfg)
-    log = {"loss": losses, "denoise": denoise_losses, "seconds": time.perf_counter() - started,
-           "training_seconds": training_seconds, "steps": cfg.steps, **run.method.train_log()}
-    return save_snapshot(snap, out_dir, train_log=log,
+    log = {"loss": losses, "denoise": denoise_losses, "steps": cfg.steps, **run.method.train_log()}
+    timing = {"seconds": time.perf_counter() - started, "training_seconds": training_seconds,
+              **run.method.timing()}
+    return save_snapshot(snap, out_dir, train_log=log, timing=timing,
                          inputs=train_inputs_key(prev_dir, concept_dir, cfg),
                          extras=lambda tmp: export_standard_files(snap, tmp))

@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from lifelong_diffusion.cl_metrics import SCORES
+from lifelong_diffusion.snapshot import read_timing
 
 from .mlflow_model import log_snapshot_model
 from .store import relocate_store
@@ -432,9 +433,9 @@ def _step_params(snapshot: dict) -> list[Param]:
 def _step_metrics(snapshot: dict, snapshot_dir: Path, eval_metrics: dict) -> list[Metric]:
     """Training time and the evaluation, at the sequence step so values line up across the
     step runs. ``log_batch`` splits into MLflow's batch limits itself."""
-    train_log = _read_json(snapshot_dir / "train_log.json")
     now, step = int(time.time() * 1000), int(snapshot["step"])
-    metrics = [Metric("train_seconds", float(train_log["seconds"]), now, step)]
+    seconds = read_timing(snapshot_dir).get("seconds")  # none for a snapshot DVC restored
+    metrics = [Metric("train_seconds", float(seconds), now, step)] if seconds is not None else []
     metrics += [Metric(key, value, now, step) for key, value in _numeric_leaves(eval_metrics)]
     return metrics
 

@@ -41,7 +41,8 @@ def tiny_params(names: list[str]) -> dict:
 
 def make_project(root: Path, names: list[str]) -> Path:
     root.mkdir()
-    shutil.copy(REPO / "dvc.yaml", root)
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root)
     shutil.copytree(REPO / "data" / "concepts", root / "data" / "concepts")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(names), sort_keys=False))
     return root

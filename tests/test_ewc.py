@@ -11,7 +11,7 @@ import torch
 from lifelong_diffusion.backbone import Backbone
 from lifelong_diffusion.lora import STUDENT, named_adapter_parameters, set_adapter_weights
 from lifelong_diffusion.methods.ewc import FISHER, Ewc, stored_fisher
-from lifelong_diffusion.snapshot import load_snapshot, read_train_log
+from lifelong_diffusion.snapshot import load_snapshot, read_timing, read_train_log
 from lifelong_diffusion.train import (Student, TrainConfig, encode_latents, read_processed_concept,
                                       train_concept)
 from lifelong_diffusion.world import DEFAULT_SEQUENCE
@@ -53,7 +53,7 @@ def test_fisher_is_keyed_like_the_adapter_non_negative_and_mean_normalised(run):
     entries = torch.cat([f.flatten() for f in fisher.values()])
     assert float(entries.mean()) == pytest.approx(1.0, rel=1e-5)
     assert float((entries > 0).float().mean()) > 0.5  # gradients reached most of the adapter
-    assert read_train_log(out / "ewc1")["fisher_seconds"] > 0
+    assert read_timing(out / "ewc1")["fisher_seconds"] > 0
 
 
 def test_first_step_has_no_penalty(run):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from lifelong_diffusion.base_model import resolve_base_model
-from lifelong_diffusion.export import export_standard_files
+from lifelong_diffusion.export import export_standard_files, sort_metadata
 from lifelong_diffusion.generation import PersonalizedModel
 from lifelong_diffusion.snapshot import empty_snapshot, load_snapshot, save_snapshot
 from lifelong_diffusion.train import TrainConfig, train_concept
@@ -155,3 +155,20 @@ def test_snapshot_and_its_files_appear_together(tmp_path):
     with pytest.raises(RuntimeError, match="export failed"):
         save_snapshot(empty_snapshot("tiny-random"), tmp_path / "snap", extras=fail)
     assert not any(tmp_path.iterdir())
+
+
+def test_sorted_metadata_gives_the_same_bytes_for_the_same_weights(tmp_path):
+    """safetensors writes metadata in a random order per process; sorted, two files of the
+    same weights are byte-identical (DVC hashes bytes) and still load as before."""
+    weights = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(5, dtype=torch.float16)}
+    meta = {f"key{i}": str(i) for i in range(8)}
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    save_file(weights, first, metadata=meta)
+    save_file(weights, second, metadata=dict(reversed(meta.items())))
+    for path in (first, second):
+        sort_metadata(path)
+        with safe_open(path, "pt") as handle:
+            assert handle.metadata() == meta
+        loaded = load_file(path)
+        assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+    assert first.read_bytes() == second.read_bytes()

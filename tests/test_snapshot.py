@@ -10,7 +10,8 @@ import torch
 
 from lifelong_diffusion import snapshot as snapshot_module
 from lifelong_diffusion.snapshot import (FORMAT, Snapshot, SnapshotError, empty_snapshot,
-                                         load_snapshot, read_train_log, save_snapshot)
+                                         load_snapshot, read_timing, read_train_log,
+                                         save_snapshot)
 
 
 def make_snapshot(step: int = 2, seed: int = 0) -> Snapshot:
@@ -43,8 +44,8 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 
 def test_round_trip(tmp_path):
     snap = make_snapshot()
-    log = {"loss": [0.5, 0.25], "seconds": 1.5, "steps": 2}
-    fp = save_snapshot(snap, tmp_path / "s", train_log=log, inputs="abc")
+    log, timing = {"loss": [0.5, 0.25], "steps": 2}, {"seconds": 1.5}
+    fp = save_snapshot(snap, tmp_path / "s", train_log=log, inputs="abc", timing=timing)
     loaded = load_snapshot(tmp_path / "s")
     for field in ("step", "name", "method", "base_model", "concepts", "lora", "config"):
         assert getattr(loaded, field) == getattr(snap, field), field
@@ -57,9 +58,12 @@ def test_round_trip(tmp_path):
     assert meta["fingerprint"] == fp
     assert meta["inputs"] == "abc"
     assert read_train_log(tmp_path / "s") == log
+    assert read_timing(tmp_path / "s") == timing
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
-        "adapter.safetensors", "snapshot.json", "state.safetensors", "tokens.safetensors",
-        "train_log.json"]
+        "adapter.safetensors", "snapshot.json", "state.safetensors", "timing.json",
+        "tokens.safetensors", "train_log.json"]
+    (tmp_path / "s" / "timing.json").unlink()  # as DVC restores it from its cache
+    assert read_timing(tmp_path / "s") == {}
 
 
 def test_empty_snapshot_round_trip(tmp_path):

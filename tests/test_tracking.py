@@ -41,7 +41,7 @@ def make_step(root: Path, step: int, lr: float = 1e-4) -> tuple[Path, Path]:
                            config={"steps": 50, "lr": lr, "lora_rank": 4, "scheduler": "constant"},
                            adapter={"lora_A": torch.full((4, 8), lr)},
                            tokens={c["token"]: torch.zeros(8) for c in concepts}),
-                  snapshot_dir, train_log={"loss": losses, "seconds": 1.5})
+                  snapshot_dir, train_log={"loss": losses}, timing={"seconds": 1.5})
     per_concept = {c["name"]: {"clip_i": 0.5, "clip_t": 0.2} for c in concepts}
     metrics = {
         "step": step,

@@ -113,8 +113,13 @@ class Method:
         return {}
 
     def train_log(self) -> dict:
-        """Method figures for the step's train_log.json (e.g. Fisher-pass seconds, update
-        norms); read after `state_after_step`."""
+        """Method figures for the step's train_log.json (e.g. update norms); read after
+        `state_after_step`. Wall times go to `timing`: the same inputs must give the same
+        train_log.json."""
+        return {}
+
+    def timing(self) -> dict:
+        """Method wall seconds for the step's timing.json (e.g. the Fisher pass)."""
         return {}
 
     # -- generation: what a snapshot of this method means ---------------------------------

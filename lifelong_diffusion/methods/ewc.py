@@ -98,7 +98,7 @@ class FisherPenalty(Method):
         """The log-likelihood of one latent under the student, with gradient."""
         raise NotImplementedError
 
-    def train_log(self) -> dict:
+    def timing(self) -> dict:
         return {"fisher_seconds": self.seconds}
 
 
