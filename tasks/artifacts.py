@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from lifelong_diffusion.cl_metrics import format_report
 
-PROGRESS_UPDATES = 20  # one API call per 5% of a step's training
+from .throttle import Throttle
 
 
 def artifact_key(*parts: str) -> str:
@@ -22,8 +22,7 @@ class TrainingProgress:
     another callback (the MLflow live loss)."""
 
     def __init__(self, name: str, total_steps: int, then=None):
-        self.total, self.then = max(total_steps, 1), then
-        self.every = max(self.total // PROGRESS_UPDATES, 1)
+        self.total, self.then, self.throttle = max(total_steps, 1), then, Throttle()
         self.artifact_id = create_progress_artifact(
             0.0, key=artifact_key("train", name),
             description=f"Training {name}: {total_steps} optimizer steps")
@@ -32,7 +31,7 @@ class TrainingProgress:
         if self.then:
             self.then(step, loss, denoise)
         done = step + 1
-        if done % self.every == 0 or done == self.total:
+        if done == self.total or self.throttle.due():
             update_progress_artifact(self.artifact_id, 100.0 * done / self.total)
 
 

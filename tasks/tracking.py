@@ -31,6 +31,7 @@ from lifelong_diffusion.snapshot import read_timing
 
 from .mlflow_model import log_snapshot_model
 from .store import relocate_store
+from .throttle import Throttle
 from .version_page import MODEL_DESCRIPTION, VersionPage, version_page
 
 KIND = "lifelong.kind"
@@ -45,7 +46,6 @@ MEANINGFUL = "lifelong.meaningful"
 PARENT_RUN_ID = "mlflow.parentRunId"
 # MLflow reserves "latest" (mlflow/utils/validation.py), hence the suffix.
 LATEST_ALIAS = "latest-step"
-LOSS_FLUSH_STEPS = 25  # a live loss curve is sent in batches: one request per 25 steps
 READY_TIMEOUT_S = 300.0
 _PENDING = ModelVersionStatus.to_string(ModelVersionStatus.PENDING_REGISTRATION)
 _READY = ModelVersionStatus.to_string(ModelVersionStatus.READY)
@@ -353,15 +353,17 @@ def end_step_run(run_id: str, fingerprint: str | None, tracking_uri: str | None 
 
 
 class LiveLoss:
-    """on_step callback of train_concept: the loss curve of a live step run, in batches."""
+    """on_step callback of train_concept: the loss curve of a live step run, in batches (one
+    request per `Throttle` interval; the caller flushes the rest at the end)."""
 
     def __init__(self, run_id: str, tracking_uri: str | None = None):
         self.client, self.run_id, self.pending = _client(tracking_uri), run_id, []
+        self.throttle = Throttle()
 
     def __call__(self, step: int, loss: float, denoise: float) -> None:
         now = int(time.time() * 1000)
         self.pending += [Metric("train_loss", loss, now, step), Metric("train_denoise", denoise, now, step)]
-        if len(self.pending) >= 2 * LOSS_FLUSH_STEPS:
+        if self.throttle.due():
             self.flush()
 
     def flush(self) -> None:
