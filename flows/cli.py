@@ -7,7 +7,8 @@
     lifelong base | ingest NAME | train NAME | evaluate NAME | continual | register   one stage
     lifelong add PATH [--name N] [--run]   check a concept folder and append it to the sequence
     lifelong serve [--cron CRON]  serve the sequence flow to a Prefect server (UI, schedules,
-                                 new concepts from the run form or data/inbox/)
+                                 new concepts from the run form, data/inbox/ or an event)
+    lifelong announce PATH       send `concept.arrived`: the served deployment takes PATH in
     lifelong world-concepts [NAME ...]   render the world's concept folders into data/concepts
     lifelong registry            the registered versions of the current method
     lifelong generate PROMPT --model models:/NAME@ALIAS | --snapshot adapters/NAME [-n 8] [-o PNG]
@@ -116,18 +117,43 @@ def print_outcome(project: Project) -> None:
         print("\n".join(format_report(json.loads(project.summary_file.read_text()))))
 
 
+def no_server(command: str) -> bool:
+    """True (with the way out printed) when PREFECT_API_URL names no server: `serve` and
+    `announce` need a real one, never a temporary server of their own."""
+    if os.environ.get("PREFECT_API_URL"):
+        return False
+    print(f"lifelong {command}: error: PREFECT_API_URL is not set. Start a server first:\n"
+          "  PREFECT_HOME=.prefect .venv/bin/prefect server start\n"
+          "then: export PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
+    return True
+
+
 def serve(root: Path, cron: str | None) -> int:
     """Serve the sequence as a deployment; only a real server runs schedules."""
-    if not os.environ.get("PREFECT_API_URL"):
-        print("lifelong serve: error: PREFECT_API_URL is not set. Start a server first:\n"
-              "  PREFECT_HOME=.prefect .venv/bin/prefect server start\n"
-              "then: export PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
+    if no_server("serve"):
         return 2
     from prefect import serve as prefect_serve
 
     from flows.lifelong import sequence_deployment
 
     prefect_serve(sequence_deployment(str(root), cron))
+    return 0
+
+
+def announce(root: Path, source: Path) -> int:
+    """Tell the served deployment that a concept folder arrived (`concept.arrived`): its
+    automation starts a run that takes the folder in, as the run form's `new_concept` does."""
+    if no_server("announce"):
+        return 2
+    if not source.is_dir():
+        print(f"lifelong announce: error: {source} is not a folder (a concept folder holds "
+              "concept.yaml and 3-10 photos)", file=sys.stderr)
+        return 2
+    from flows.lifelong import announce_concept
+
+    announce_concept(str(root), str(source))
+    print(f"sent concept.arrived for {source.resolve()}: the deployment served for {root} "
+          "(`lifelong serve`) starts a run that adds it")
     return 0
 
 
@@ -225,6 +251,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("path", type=Path, help="folder with concept.yaml and 3-10 photos")
     a.add_argument("--name", help="concept name (default: the folder's name)")
     a.add_argument("--run", action="store_true", help="then learn it (`lifelong run`)")
+    an = sub.add_parser("announce", help="send concept.arrived: the served deployment adds the folder")
+    an.add_argument("path", type=Path, help="folder with concept.yaml and 3-10 photos")
     sv = sub.add_parser("serve", help="serve the sequence flow to a Prefect server")
     sv.add_argument("--cron", help="schedule, e.g. '0 3 * * *' for every night at 03:00")
     w = sub.add_parser("world-concepts", help="render world concept folders into data/concepts")
@@ -289,6 +317,8 @@ def dispatch(args) -> int:
         return add(args.project, args.path, args.name, args.run)
     if args.command == "serve":
         return serve(args.project, args.cron)
+    if args.command == "announce":
+        return announce(args.project, args.path)
     if args.command == "world-concepts":
         world_concepts(args.project, args.names)
     elif args.command == "registry":

@@ -9,10 +9,12 @@ flows/stages.py instead.
 """
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from prefect import flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.events import DeploymentEventTrigger, Event, get_events_client
 
 from lifelong_diffusion.cl_metrics import format_report
 from lifelong_diffusion.project import BASE, Project
@@ -23,6 +25,9 @@ from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.register import log_report, register
 from tasks.train import train_step
+
+
+ARRIVAL_EVENT = "concept.arrived"  # payload: {"path": a concept folder}
 
 
 @flow(name="lifelong-sequence", log_prints=True)
@@ -70,12 +75,39 @@ def sequence_deployment(project_root: str = ".", cron: str | None = None):
     """The sequence flow as a deployment for this project: the Prefect UI can start it on
     demand (its form takes a new concept's path), and with `cron` the server's scheduler
     starts it on that schedule (e.g. nightly, picking up concepts dropped into data/inbox/).
-    One run per project at a time: a run started while another runs waits for it."""
+    A `concept.arrived` event for the project starts it with the event's path (an automation
+    the deployment owns). One run per project at a time: a run started while another runs
+    waits for it."""
     root = str(Path(project_root).resolve())
+    arrived = DeploymentEventTrigger(
+        name=f"{ARRIVAL_EVENT} in {root}", expect={ARRIVAL_EVENT},
+        match={"prefect.resource.id": arrival_resource(root)},
+        parameters={"project_root": root, "new_concept": "{{ event.payload.path }}"})
     return lifelong_sequence.to_deployment(
         name=f"lifelong-{Path(root).name}", cron=cron, parameters={"project_root": root},
         description=f"Lifelong personalization sequence of {root}; new concepts: the "
-                    "`new_concept` parameter or folders in data/inbox/",
+                    f"`new_concept` parameter, folders in data/inbox/ or a `{ARRIVAL_EVENT}` "
+                    "event (`lifelong announce PATH`)",
         concurrency_limit=ConcurrencyLimitConfig(
             limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        triggers=[arrived],
     )
+
+
+def arrival_resource(project_root: str) -> str:
+    """The resource a project's `concept.arrived` events name: only its deployment reacts."""
+    return f"lifelong.project.{Path(project_root).resolve()}"
+
+
+def announce_concept(project_root: str, path: str) -> None:
+    """Send `concept.arrived` for the concept folder `path` to the Prefect server at
+    PREFECT_API_URL, and wait until it has the event (a fire-and-forget `emit_event` from a
+    short-lived process can be lost at exit)."""
+    event = Event(event=ARRIVAL_EVENT, resource={"prefect.resource.id": arrival_resource(project_root)},
+                  payload={"path": str(Path(path).resolve())})
+
+    async def send() -> None:
+        async with get_events_client() as client:
+            await client.emit(event)
+
+    asyncio.run(send())

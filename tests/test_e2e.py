@@ -165,12 +165,21 @@ def test_sequence_deployment_carries_schedule_and_project(tmp_path):
     assert deployment.concurrency_limit == 1  # one run per project; more wait (ENQUEUE)
 
 
-def test_serve_without_a_server_explains_how_to_start_one(monkeypatch, capsys):
+@pytest.mark.parametrize("command", [["serve", "--cron", "0 3 * * *"], ["announce", "data/concepts"]])
+def test_serve_and_announce_without_a_server_explain_how_to_start_one(command, monkeypatch, capsys):
     from flows.cli import main
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    assert main(["--project", str(REPO), "serve", "--cron", "0 3 * * *"]) == 2
+    assert main(["--project", str(REPO), *command]) == 2
     assert "prefect server start" in capsys.readouterr().err
+
+
+def test_announcing_a_missing_folder_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached
+    assert main(["--project", str(REPO), "announce", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
 
 
 def test_run_with_params_is_a_dvc_experiment():

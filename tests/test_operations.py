@@ -1,6 +1,7 @@
 """Operating it, against real servers: `prefect server start` on 127.0.0.1, the sequence
 served as a deployment (`lifelong serve`), runs created through the API as the UI's "Run"
-button does; concepts arrive through the inbox and the run form's `new_concept`."""
+button does; concepts arrive through the inbox and a `concept.arrived` event (`lifelong
+announce`), whose automation fills the run form's `new_concept`."""
 from __future__ import annotations
 
 import os
@@ -34,7 +35,7 @@ def prefect_server(tmp_path_factory):
         yield url, env
 
 
-def flow_runs(url: str, deployment_id) -> list:
+def flow_runs(deployment_id) -> list:
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -70,7 +71,7 @@ def api(prefect_server):
         yield prefect_server
 
 
-def test_inbox_and_run_form_concepts_become_versions_one_run_at_a_time(tmp_path, api, monkeypatch):
+def test_inbox_and_announced_concepts_become_versions_one_run_at_a_time(tmp_path, api, monkeypatch):
     from prefect.deployments import run_deployment
 
     url, env = api
@@ -103,10 +104,11 @@ def test_inbox_and_run_form_concepts_become_versions_one_run_at_a_time(tmp_path,
                 if time.monotonic() > deadline or serving.poll() is not None:
                     raise
                 time.sleep(2)
-        second_run = run_deployment(name, timeout=0, parameters={"new_concept": str(outside)})
+        second_run = announced_run(project, outside, first_run, serve_env)
+        assert second_run.parameters["new_concept"] == str(outside)
         deadline = time.monotonic() + 900
         while True:
-            runs = {r.id: r for r in flow_runs(url, first_run.deployment_id)}
+            runs = {r.id: r for r in flow_runs(first_run.deployment_id)}
             if all(runs[r.id].state_type.value in FINAL for r in (first_run, second_run)):
                 break
             assert time.monotonic() < deadline, f"runs did not finish: {runs}"
@@ -141,6 +143,33 @@ def test_inbox_and_run_form_concepts_become_versions_one_run_at_a_time(tmp_path,
         snapshot = project / "adapters" / name / "snapshot.json"
         assert snapshot.stat().st_mtime < later.start_time.timestamp()
     check_outputs(project, order)
+
+
+def announced_run(project: Path, folder: Path, first_run, env: dict):
+    """`lifelong announce FOLDER` once the deployment's automation exists; the flow run that
+    the automation then creates."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def automations():
+        async with get_client() as client:
+            return await client.read_resource_related_automations(
+                f"prefect.deployment.{first_run.deployment_id}")
+    deadline = time.monotonic() + 60
+    while not asyncio.run(automations()):
+        assert time.monotonic() < deadline, "the deployment has no concept.arrived automation"
+        time.sleep(1)
+    subprocess.run([str(BIN / "lifelong"), "--project", str(project), "announce", str(folder)],
+                   env=env, check=True)
+    deadline = time.monotonic() + 60
+    while True:
+        runs = [r for r in flow_runs(first_run.deployment_id) if r.id != first_run.id]
+        if runs:
+            assert len(runs) == 1, runs  # one event, one run
+            return runs[0]
+        assert time.monotonic() < deadline, "no run after concept.arrived"
+        time.sleep(1)
 
 
 def check_outputs(project: Path, order: list[str]) -> None:
