@@ -27,6 +27,8 @@ from pathlib import Path
 
 from lifelong_diffusion.project import Project
 
+CONCEPT_FOLDER = "folder with concept.yaml and 3-10 photos"  # what `add` and `announce` take
+
 
 def _env_defaults(root: Path) -> None:
     """Defaults that make Prefect quiet and patient on small machines; the user's env wins."""
@@ -146,8 +148,7 @@ def announce(root: Path, source: Path) -> int:
     if no_server("announce"):
         return 2
     if not source.is_dir():
-        print(f"lifelong announce: error: {source} is not a folder (a concept folder holds "
-              "concept.yaml and 3-10 photos)", file=sys.stderr)
+        print(f"lifelong announce: error: {source} is not a {CONCEPT_FOLDER}", file=sys.stderr)
         return 2
     from flows.lifelong import announce_concept
 
@@ -248,11 +249,11 @@ def parser() -> argparse.ArgumentParser:
     for name in ("ingest", "train", "evaluate"):
         sub.add_parser(name, help=f"run the {name} stage of one concept").add_argument("name")
     a = sub.add_parser("add", help="add a concept folder to the end of the sequence")
-    a.add_argument("path", type=Path, help="folder with concept.yaml and 3-10 photos")
+    a.add_argument("path", type=Path, help=CONCEPT_FOLDER)
     a.add_argument("--name", help="concept name (default: the folder's name)")
     a.add_argument("--run", action="store_true", help="then learn it (`lifelong run`)")
     an = sub.add_parser("announce", help="send concept.arrived: the served deployment adds the folder")
-    an.add_argument("path", type=Path, help="folder with concept.yaml and 3-10 photos")
+    an.add_argument("path", type=Path, help=CONCEPT_FOLDER)
     sv = sub.add_parser("serve", help="serve the sequence flow to a Prefect server")
     sv.add_argument("--cron", help="schedule, e.g. '0 3 * * *' for every night at 03:00")
     w = sub.add_parser("world-concepts", help="render world concept folders into data/concepts")
