@@ -12,7 +12,8 @@ evaluate, then the continual report; it registers nothing. The pipeline run's st
 timed from DVC's "Running stage" lines; each stage's extra time is its wall time minus the
 plain run's phase (process start, imports, Prefect flow and task bookkeeping), and
 registration has no plain counterpart. The last stdout line is one JSON object:
-{"ratio": .., "ratio_without_plain_imports": .., "pipeline_seconds": .., "plain_seconds": ..,
+{"ratio": .., "ratio_without_plain_imports": .., "ratio_training_matched": ..,
+ "pipeline_seconds": .., "plain_seconds": ..,
  "server_start_seconds": ..,
  "extra_seconds": {"startup": .., "base": .., "ingest": .., "baseline": .., "train": ..,
                    "evaluate": .., "continual": .., "register": ..}, "cores_idle": ..,
@@ -20,6 +21,10 @@ registration has no plain counterpart. The last stdout line is one JSON object:
 The last three split each stage's extra time, from the stage worker's own timings: in its flow
 beyond the library call, in the clean-up after it, and around it (DVC, the stage command).
 `ratio_without_plain_imports` leaves the plain run's imports out, as sessions 12-14 did.
+`ratio_training_matched` puts the plain run's training-loop seconds (timing.json) in place of
+the pipeline's: the same loops, whose speed drifts between two runs. `cpu_seconds` gives the
+CPU time of each process of the pipeline run (servers, worker, DVC), `training_loop_seconds`
+the loops' seconds in both runs.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +64,64 @@ def make_project(root: Path, overrides: dict) -> Path:
     return root
 
 
+# process kinds by command line, for the CPU seconds each takes during the pipeline run
+KINDS = (("prefect_server", "prefect server start"), ("stage_worker", "flows.worker"),
+         ("dvc", "dvc"), ("lifelong_run", "lifelong run"), ("stage_command", "lifelong"))
+CLOCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[str | None, float, float] | None:
+    """(kind, user and system CPU seconds so far) of one process, None if it is gone; kind
+    None while its command line reads empty (a process that is exiting)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    kind = next((k for k, needle in KINDS if needle in cmdline), "other") if cmdline else None
+    return kind, int(fields[11]) / CLOCK, int(fields[12]) / CLOCK
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds per process kind in the process tree of one command (the servers, the
+    worker, DVC), read from /proc twice a second: a process that ends between two reads loses
+    at most half a second."""
+
+    def __init__(self, root_pid: int):
+        super().__init__(daemon=True)
+        self.tree, self.last, self.done = {root_pid}, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+            for pid in filter(self.ours, pids):
+                if (seen := cpu_seconds(pid)) is not None:
+                    kind, user, system = seen
+                    self.last[pid] = (kind or self.last.get(pid, ("other",))[0], user, system)
+
+    def ours(self, pid: int) -> bool:
+        """In the tree: a parent is, read in pid order (children usually after parents)."""
+        if pid not in self.tree:
+            try:
+                parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                return False
+            if parent in self.tree:
+                self.tree.add(pid)
+        return pid in self.tree
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        """{kind: {"user": s, "system": s}}"""
+        self.done.set()
+        self.join()
+        out: dict[str, dict[str, float]] = {}
+        for kind, user, system in self.last.values():
+            into = out.setdefault(kind, {"user": 0.0, "system": 0.0})
+            into["user"] = round(into["user"] + user, 1)
+            into["system"] = round(into["system"] + system, 1)
+        return out
+
+
 def pipeline_run(root: Path) -> dict:
     """`lifelong run` in a fresh DVC repository; per-stage wall times from its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
@@ -69,6 +133,8 @@ def pipeline_run(root: Path) -> dict:
     start = time.perf_counter()
     process = subprocess.Popen([str(BIN / "lifelong"), "run"], cwd=root, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sampler = CpuSampler(process.pid)
+    sampler.start()
     marks, server_ready = [], None
     for line in process.stdout:
         now = time.perf_counter() - start
@@ -79,13 +145,14 @@ def pipeline_run(root: Path) -> dict:
     if process.wait():
         raise SystemExit(f"lifelong run failed in {root}")
     total = time.perf_counter() - start
+    cpu = sampler.totals()
     stages: dict[str, float] = {}
     for (stage, at), (_, until) in zip(marks, [*marks[1:], ("end", total)]):
         stages[stage] = stages.get(stage, 0.0) + until - at
     # before the first stage: DVC's start, the Prefect server's start, the up-front checks
     stages["startup"] = marks[0][1] if marks else total
     return {"seconds": total, "server_start_seconds": server_ready, "stages": stages,
-            "in_worker": worker_times(times)}
+            "in_worker": worker_times(times), "cpu": cpu, "training": training_seconds(root)}
 
 
 def worker_times(path: Path) -> dict[str, dict[str, float]]:
@@ -142,6 +209,17 @@ def plain_run(root: Path) -> dict:
     return {"seconds": time.perf_counter() - start, "phases": phases}
 
 
+def training_seconds(root: Path) -> float:
+    """The steps' own training seconds (preparation and optimizer loop, from timing.json): the
+    same figure in both runs, so a gap here is torch running slower, not bookkeeping around it."""
+    from lifelong_diffusion.project import Project
+    from lifelong_diffusion.snapshot import read_timing
+
+    project = Project(root)
+    return sum(read_timing(project.snapshot_dir(name)).get("training_seconds", 0.0)
+               for name in project.sequence())
+
+
 def plain_process(root: Path) -> dict:
     """plain_run in a fresh interpreter, so that its imports are timed as the pipeline's are."""
     done = subprocess.run([sys.executable, "-m", "benchmarks.orchestration", "--plain", str(root)],
@@ -174,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
         pipeline = pipeline_run(make_project(Path(tmp) / "pipeline", overrides))
         print(f"pipeline: {pipeline['seconds']:.0f} s {pipeline['stages']}", flush=True)
         plain = plain_process(make_project(Path(tmp) / "plain", overrides))
+        plain["training"] = training_seconds(Path(tmp) / "plain")
         print(f"plain: {plain['seconds']:.0f} s {plain['phases']}", flush=True)
     extra = {stage: round(seconds - plain["phases"].get(stage, 0.0), 1)
              for stage, seconds in pipeline["stages"].items()}
@@ -181,6 +260,11 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio": round(pipeline["seconds"] / plain["seconds"], 3),
         # sessions 12-14 timed the plain run after its imports (the ratio they published)
         "ratio_without_plain_imports": round(pipeline["seconds"] / (plain["seconds"] - plain["phases"]["startup"]), 3),
+        # torch's speed drifts by several percent between two runs minutes apart on one
+        # machine (the same training loops: 364 s in the pipeline, 374 s plain); with the
+        # plain run's loop seconds in place of the pipeline's, what is left is orchestration
+        "ratio_training_matched": round((pipeline["seconds"] - pipeline["training"] + plain["training"])
+                                        / plain["seconds"], 3),
         "pipeline_seconds": round(pipeline["seconds"], 1), "plain_seconds": round(plain["seconds"], 1),
         "server_start_seconds": pipeline["server_start_seconds"] and round(pipeline["server_start_seconds"], 1),
         "extra_seconds": extra,
@@ -193,6 +277,11 @@ def main(argv: list[str] | None = None) -> dict:
         "after_flow_seconds": {k: round(v["after"], 1) for k, v in pipeline["in_worker"].items()},
         "around_stage_seconds": {k: round(pipeline["stages"][k] - v["flow"] - v["after"], 1)
                                  for k, v in pipeline["in_worker"].items() if k in pipeline["stages"]},
+        # CPU seconds (user, system) per process of the pipeline run: torch's share is the
+        # worker's; the servers' and DVC's take cores from it on a 2-core machine
+        "cpu_seconds": pipeline["cpu"],
+        "training_loop_seconds": {"pipeline": round(pipeline["training"], 1),
+                                  "plain": round(plain["training"], 1)},
         # a load average near 0 before the start means the cores were otherwise idle
         "load_before": round(load_before, 2), "cores_idle": load_before < 0.5,
     }

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lifelong_diffusion.project import Project
@@ -51,11 +52,14 @@ def dvc_command(set_params: list[str], name: str | None) -> list[str]:
 
 
 def run(root: Path, engine: str, set_params: list[str] = (), name: str | None = None) -> int:
+    from tasks.store import check_tracking_server, default_tracking_uri
+
     Project(root).check()  # bad params or concept folders fail here, before DVC deletes outputs
-    check_registry(Project(root))
+    check_tracking_server(default_tracking_uri(root))  # one request, not MLflow's retries later
     if engine == "prefect":
         from flows.lifelong import lifelong_sequence
 
+        check_registry(Project(root))
         quiet_user_error_tracebacks()
         lifelong_sequence(str(root))
         return 0
@@ -67,30 +71,34 @@ def run(root: Path, engine: str, set_params: list[str] = (), name: str | None = 
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = dict(os.environ, PREFECT_API_URL=url, PATH=path)
     # one Prefect server for all stages (without it every stage would start its own, ~20 s),
-    # and one worker that runs them with its imports done (flows/worker.py)
-    with (Project(root).lock(), stage_worker(env) as env,
-          prefect_api(Path(os.environ["PREFECT_HOME"]), url)):
-        print(f"Prefect API: {url}", flush=True)
-        code = subprocess.call([sys.executable, "-m", "dvc", *dvc_command(set_params, name)],
-                               cwd=root, env=env, preexec_fn=die_with_parent)
-        stop_worker(env)
+    # and one worker that runs them with its imports done (flows/worker.py); the registry's
+    # check (MLflow's imports and store, seconds) runs while they start
+    with (Project(root).lock(), stage_worker(env) as env, ThreadPoolExecutor(1) as pool):
+        registry_checked = pool.submit(check_registry, Project(root))
+        with prefect_api(Path(os.environ["PREFECT_HOME"]), url):
+            registry_checked.result()  # before DVC: a lost registry makes `register` run again
+            print(f"Prefect API: {url}", flush=True)
+            code = subprocess.call([sys.executable, "-m", "dvc", *dvc_command(set_params, name)],
+                                   cwd=root, env=env, preexec_fn=die_with_parent)
+            stop_worker(env)
     if code == 0:
         print_outcome(Project(root))
     return code
 
 
 def check_registry(project: Project) -> None:
-    """The tracking server answers, and the store still holds what registry.json names
-    (else the register stage is made to run again and rebuild it)."""
+    """The store still holds what registry.json names (else the register stage is made to
+    run again and rebuild it)."""
+    if not project.registry_file.exists():
+        return  # nothing registered yet: no MLflow import (seconds) to pay
     from tasks.register import forget_lost_registry
-    from tasks.tracking import check_tracking_server, default_tracking_uri
+    from tasks.store import default_tracking_uri
 
-    uri = default_tracking_uri(project.root)
-    check_tracking_server(uri)
     lost = forget_lost_registry(project)
     if lost:
-        print(f"{uri} lacks {len(lost)} model version(s) that registry.json names (store "
-              "deleted or replaced?): every stored step is registered again.", flush=True)
+        print(f"{default_tracking_uri(project.root)} lacks {len(lost)} model version(s) that "
+              "registry.json names (store deleted or replaced?): every stored step is "
+              "registered again.", flush=True)
 
 
 def add(root: Path, source: Path, name: str | None, run_now: bool) -> int:
@@ -167,7 +175,8 @@ def world_concepts(root: Path, names: list[str]) -> None:
 
 def show_registry(root: Path) -> None:
     from tasks.register import model_name_for
-    from tasks.tracking import default_tracking_uri, registry_summary_or_hint
+    from tasks.store import default_tracking_uri
+    from tasks.tracking import registry_summary_or_hint
 
     method = Project(root).section("train").get("method", "naive")
     for row in registry_summary_or_hint(model_name_for(Project(root), method), default_tracking_uri(root)):
@@ -180,7 +189,7 @@ def generate(args) -> None:
 
     if args.model:
         from tasks.mlflow_model import registered_snapshot
-        from tasks.tracking import default_tracking_uri
+        from tasks.store import default_tracking_uri
 
         with tempfile.TemporaryDirectory() as tmp:  # the snapshot's tensors are read into memory
             snap = registered_snapshot(args.model, default_tracking_uri(args.project), Path(tmp))
@@ -288,7 +297,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from lifelong_diffusion.project import ParamsError
     from lifelong_diffusion.snapshot import SnapshotError
     from lifelong_diffusion.train import ConfigError
-    from tasks.tracking import TrackingUnavailable
+    from tasks.store import TrackingUnavailable
 
     return (ConceptDataError, ParamsError, BaseModelError, SnapshotError, PromptError,
             TrackingUnavailable, LockedError, ConfigError)

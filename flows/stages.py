@@ -67,8 +67,8 @@ def register_flow(project_root: str = ".") -> list[dict]:
     the continual report on the sequence's run, and write registry.json, the stage's output
     that records which version holds which step."""
     from lifelong_diffusion.stamps import fingerprint_of
-    from tasks.register import log_report, register, registry_file
-    from tasks.tracking import check_tracking_server, default_tracking_uri
+    from tasks.register import log_report, register
+    from tasks.store import check_tracking_server, default_tracking_uri
 
     root = Path(_root(project_root))
     project = Project(root)
@@ -80,5 +80,5 @@ def register_flow(project_root: str = ".") -> list[dict]:
     summary = [{"concept": n, "model_name": r["model_name"], "version": r["version"],
                 "aliases": r["aliases"], "fingerprint": fingerprint_of(project.snapshot_dir(n))}
                for n, r in zip(order, records)]
-    registry_file(project).write_text(json.dumps(summary, indent=2) + "\n")
+    project.registry_file.write_text(json.dumps(summary, indent=2) + "\n")
     return records

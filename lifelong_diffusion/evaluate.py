@@ -8,13 +8,14 @@ with other seeds.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from statistics import mean
 
 from .base_model import pick_device
 from .cl_metrics import SAMPLES
 from .clip_score import ClipScorer
+from .config import EvalConfig
 from .fileio import atomic_dir
 from .generation import PersonalizedModel
 from .grid import image_grid
@@ -25,28 +26,6 @@ from .train import read_processed_concept
 
 REFERENCE_COLUMNS = 2  # the grid starts each concept row with two of its photos, then the samples
 GRID_SEEDS = 8  # samples shown per grid row (the first seeds); scores use every seed
-
-
-@dataclass
-class EvalConfig:
-    seeds: list[int] = field(default_factory=lambda: list(range(16)))
-    steps: int = 20
-    guidance_scale: float = 5.0
-    prompt: str = "a photo of {token} {class_word}"
-    text_prompt: str = "a photo of a {class_word}"  # CLIP-T text, and the class prompt
-    clip_model: str = "ld-tiny-clip"
-    clip_weights: str | None = None
-    # Weights of an attribute classifier (world preset): exact read-out of shape and pattern
-    # for concepts whose concept.yaml carries `world:` ground truth. null = CLIP scores only.
-    attribute_classifier: str | None = None
-    # A local DINO ViT folder (transformers save_pretrained, e.g. facebook/dino-vits16): adds
-    # the `dino` score, DreamBooth's image similarity. null = no DINO score.
-    dino_model: str | None = None
-    # fp32 | bf16 | fp16 | auto (bf16 on a GPU, fp32 on CPU), as train.precision
-    precision: str = "auto"
-    # Image size to sample at (params.yaml: base.resolution); null = the base model's own
-    resolution: int | None = None
-    device: str = "auto"
 
 
 def generate(model: PersonalizedModel, prompt: str, cfg: EvalConfig):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from .config import EvalConfig, TrainConfig
 from .fileio import exclusive_lock
 from .ingest import CONCEPT_FILE, CONCEPT_NAME, check_concept, check_settings, read_concept_yaml
 
@@ -100,6 +101,11 @@ class Project:
         return exclusive_lock(self.root / LOCK_FILE, f"a run of the project {self.root}")
 
     @property
+    def registry_file(self) -> Path:
+        """registry.json: the register stage's output, which version holds which step."""
+        return self.root / "registry.json"
+
+    @property
     def summary_file(self) -> Path:
         """The continual-learning summary of the whole sequence (a DVC metrics file)."""
         return self.root / "metrics" / "continual.json"
@@ -132,16 +138,10 @@ class Project:
         """base.resolution: the image size training and sampling use (null: the model's own)."""
         return self.section("base").get("resolution")
 
-    # Imported here, not at the top: torch and diffusers take ~10 s to import, and the light
-    # stages (ingest, register) that read params.yaml should not pay for them.
-    def train_config(self):
-        from .train import TrainConfig
-
+    def train_config(self) -> TrainConfig:
         return TrainConfig(**self.section("train"), resolution=self.resolution)
 
-    def eval_config(self):
-        from .evaluate import EvalConfig
-
+    def eval_config(self) -> EvalConfig:
         cfg = EvalConfig(**self.section("evaluate"), resolution=self.resolution)
         # weight files named relative to the project, wherever the command runs from
         for key in ("clip_weights", "attribute_classifier", "dino_model"):

@@ -11,7 +11,8 @@ from lifelong_diffusion.project import BASE, Project
 from lifelong_diffusion.stamps import inputs_key
 
 from .artifacts import publish_report, publish_step
-from .tracking import default_tracking_uri, log_sequence_report, missing_versions, register_step
+from .store import default_tracking_uri
+from .tracking import log_sequence_report, missing_versions, register_step
 
 
 def model_name_for(project: Project, method: str) -> str:
@@ -69,16 +70,11 @@ def log_report(project_root: str) -> str:
                                **sequence_run(project, snapshot))
 
 
-def registry_file(project: Project) -> Path:
-    """registry.json: the register stage's output, which version holds which step."""
-    return project.root / "registry.json"
-
-
 def forget_lost_registry(project: Project) -> list[dict]:
     """If the tracking store lost versions that registry.json names (mlflow.db deleted, a new
     tracking server), delete registry.json so that the register stage runs again and
     re-registers every stored step; returns the lost entries."""
-    path = registry_file(project)
+    path = project.registry_file
     if not path.exists():
         return []
     try:

@@ -1,5 +1,7 @@
-"""The project's own MLflow store (mlflow.db + mlruns/) keeps working when the project is
-copied or moved.
+"""Where a project's MLflow store is, whether a tracking server answers, and the project's own
+store (mlflow.db + mlruns/) working on when the project is copied or moved.
+
+Light on purpose (no MLflow import): `lifelong run` checks the store before it starts anything.
 
 MLflow records absolute artifact URIs (file:///<project>/mlruns/...) in its database, so a
 copied project would read and write the original folder's artifacts. Before the store is
@@ -8,11 +10,48 @@ store of a project is touched; a shared tracking server (MLFLOW_TRACKING_URI) is
 """
 from __future__ import annotations
 
+import os
 import sqlite3
+import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 ARTIFACTS = "mlruns"
+
+
+def default_tracking_uri(project_root: Path) -> str:
+    """An explicit MLFLOW_TRACKING_URI (e.g. a shared server) wins; otherwise a SQLite
+    store in the project, because the model registry needs a database backend."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    db = Path(project_root).resolve() / "mlflow.db"
+    relocate_store(db)  # a copied or moved project uses its own artifacts, never the old folder's
+    return f"sqlite:///{db}"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer; raised before any work depends on it."""
+
+
+SERVER_CHECK_TIMEOUT_S = 5.0
+
+
+def check_tracking_server(tracking_uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
+    """An http(s) tracking URI must answer /health within seconds: without this check a
+    stopped server costs minutes of MLflow's own retries at registration, after training."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return  # a local store: nothing to reach
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout) as answer:
+            if answer.status == 200:
+                return
+            problem = f"HTTP {answer.status}"
+    except OSError as exc:  # refused, timed out, DNS: all URLError/socket errors
+        problem = str(getattr(exc, "reason", exc))
+    raise TrackingUnavailable(
+        f"the MLflow tracking server {tracking_uri} (MLFLOW_TRACKING_URI) does not answer "
+        f"({problem}); start it, or unset MLFLOW_TRACKING_URI to use the project's mlflow.db.")
 
 
 def relocate_store(db_path: Path) -> str | None:

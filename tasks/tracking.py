@@ -12,10 +12,8 @@ long-lived Prefect workers, where the fluent active-run stack would leak between
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,7 +28,7 @@ from lifelong_diffusion.cl_metrics import SCORES
 from lifelong_diffusion.snapshot import read_timing
 
 from .mlflow_model import log_snapshot_model
-from .store import relocate_store
+from .store import TrackingUnavailable
 from .throttle import Throttle
 from .version_page import MODEL_DESCRIPTION, VersionPage, version_page
 
@@ -49,17 +47,6 @@ LATEST_ALIAS = "latest-step"
 READY_TIMEOUT_S = 300.0
 _PENDING = ModelVersionStatus.to_string(ModelVersionStatus.PENDING_REGISTRATION)
 _READY = ModelVersionStatus.to_string(ModelVersionStatus.READY)
-
-
-def default_tracking_uri(project_root: Path) -> str:
-    """An explicit MLFLOW_TRACKING_URI (e.g. a shared server) wins; otherwise a SQLite
-    store in the project, because the model registry needs a database backend."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    db = Path(project_root).resolve() / "mlflow.db"
-    relocate_store(db)  # a copied or moved project uses its own artifacts, never the old folder's
-    return f"sqlite:///{db}"
 
 
 def register_step(
@@ -168,30 +155,6 @@ def registry_summary(model_name: str, tracking_uri: str | None = None) -> list[d
         for mv in client.search_model_versions(f"name = '{model_name}'")
     ]
     return sorted(rows, key=lambda row: int(row["version"]))
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking server does not answer; raised before any work depends on it."""
-
-
-SERVER_CHECK_TIMEOUT_S = 5.0
-
-
-def check_tracking_server(tracking_uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
-    """An http(s) tracking URI must answer /health within seconds: without this check a
-    stopped server costs minutes of MLflow's own retries at registration, after training."""
-    if not tracking_uri.startswith(("http://", "https://")):
-        return  # a local store: nothing to reach
-    try:
-        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout) as answer:
-            if answer.status == 200:
-                return
-            problem = f"HTTP {answer.status}"
-    except OSError as exc:  # refused, timed out, DNS: all URLError/socket errors
-        problem = str(getattr(exc, "reason", exc))
-    raise TrackingUnavailable(
-        f"the MLflow tracking server {tracking_uri} (MLFLOW_TRACKING_URI) does not answer "
-        f"({problem}); start it, or unset MLFLOW_TRACKING_URI to use the project's mlflow.db.")
 
 
 def missing_versions(recorded: list[dict], tracking_uri: str | None) -> list[dict]:

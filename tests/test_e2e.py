@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.tracking import LATEST_ALIAS, default_tracking_uri, registry_summary
+from tasks.store import default_tracking_uri
+from tasks.tracking import LATEST_ALIAS, registry_summary
 
 REPO = Path(__file__).resolve().parents[1]
 CONCEPTS = ["striped-star", "dotted-heart", "checked-square"]

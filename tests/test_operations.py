@@ -15,7 +15,8 @@ import yaml
 from PIL import Image
 
 from flows.servers import background_server, free_port
-from tasks.tracking import LATEST_ALIAS, default_tracking_uri, registry_summary
+from tasks.store import default_tracking_uri
+from tasks.tracking import LATEST_ALIAS, registry_summary
 from tests.test_e2e import BIN, CONCEPTS, MODEL, make_project
 
 pytestmark = pytest.mark.slow

@@ -9,15 +9,15 @@ import textwrap
 
 from mlflow import MlflowClient
 
-from tasks.store import relocate_store
-from tasks.tracking import _ensure_experiment, default_tracking_uri
+from tasks.store import default_tracking_uri, relocate_store
+from tasks.tracking import _ensure_experiment
 
 # in a fresh process, as a moved project is used (MLflow caches artifact stores per run)
 USE_MOVED = textwrap.dedent("""
     import sys
     from pathlib import Path
     from mlflow import MlflowClient
-    from tasks.tracking import default_tracking_uri
+    from tasks.store import default_tracking_uri
     moved, run = Path(sys.argv[1]), sys.argv[2]
     uri = default_tracking_uri(moved)
     client = MlflowClient(uri, uri)
