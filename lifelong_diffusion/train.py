@@ -30,6 +30,7 @@ from .fileio import sha256_file
 from .snapshot import Snapshot, load_snapshot, save_snapshot
 from .stamps import fingerprint_of, inputs_key
 
+
 class ConfigError(ValueError):
     """params.yaml's train values cannot continue the stored sequence (e.g. a changed LoRA rank)."""
 
