@@ -70,12 +70,17 @@ KINDS = (("prefect_server", "prefect server start"), ("stage_worker", "flows.wor
 CLOCK = os.sysconf("SC_CLK_TCK")
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name: [state, ppid, ..., utime, stime, ...]."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> tuple[str | None, float, float] | None:
     """(kind, user and system CPU seconds so far) of one process, None if it is gone; kind
     None while its command line reads empty (a process that is exiting)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat_fields(pid)
     except (OSError, IndexError):
         return None
     kind = next((k for k, needle in KINDS if needle in cmdline), "other") if cmdline else None
@@ -103,7 +108,7 @@ class CpuSampler(threading.Thread):
         """In the tree: a parent is, read in pid order (children usually after parents)."""
         if pid not in self.tree:
             try:
-                parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                parent = int(stat_fields(pid)[1])
             except (OSError, IndexError):
                 return False
             if parent in self.tree:
