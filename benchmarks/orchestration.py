@@ -238,30 +238,38 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, help="train.steps (default: params.yaml's)")
-    parser.add_argument("--seeds", type=int, help="evaluation seeds (default: params.yaml's)")
-    parser.add_argument("--plain", metavar="ROOT", help=argparse.SUPPRESS)  # plain_process's child
-    args = parser.parse_args(argv)
-    if args.plain:
-        print(json.dumps(plain_run(Path(args.plain))))
-        return {}
-    overrides = {"train": {}, "evaluate": {}}
-    if args.steps:
-        overrides["train"]["steps"] = args.steps
-    if args.seeds:
-        overrides["evaluate"]["seeds"] = list(range(args.seeds))
-    load_before = load_average()
-    with tempfile.TemporaryDirectory() as tmp:
-        pipeline = pipeline_run(make_project(Path(tmp) / "pipeline", overrides))
-        print(f"pipeline: {pipeline['seconds']:.0f} s {pipeline['stages']}", flush=True)
-        plain = plain_process(make_project(Path(tmp) / "plain", overrides))
-        plain["training"] = training_seconds(Path(tmp) / "plain")
-        print(f"plain: {plain['seconds']:.0f} s {plain['phases']}", flush=True)
+def one_round(tmp: Path, index: int, overrides: dict) -> tuple[dict, dict]:
+    """The pipeline run and the plain run from fresh copies of the project. Odd rounds run the
+    plain one first (pipeline, plain, plain, pipeline, ...): this machine's speed drifted by
+    30% within an hour (session 17), and a drift then favours neither side."""
+    kinds = ("pipeline", "plain") if index % 2 == 0 else ("plain", "pipeline")
+    runs = {}
+    for kind in kinds:
+        root = make_project(tmp / f"{kind}-{index}", overrides)
+        if kind == "pipeline":
+            runs[kind] = pipeline_run(root)
+            print(f"pipeline: {runs[kind]['seconds']:.0f} s {runs[kind]['stages']}", flush=True)
+        else:
+            runs[kind] = {**plain_process(root), "training": training_seconds(root)}
+            print(f"plain: {runs[kind]['seconds']:.0f} s {runs[kind]['phases']}", flush=True)
+    return runs["pipeline"], runs["plain"]
+
+
+def mean_of(values: list):
+    """The mean of numbers, or key by key of (nested) dicts of numbers; None stays None."""
+    if isinstance(values[0], dict):
+        keys = dict.fromkeys(k for v in values for k in v)
+        return {k: mean_of([v[k] for v in values if k in v]) for k in keys}
+    if any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
+
+
+def figures(pipeline: dict, plain: dict) -> dict:
+    """The published figures of one pipeline run against one plain run (or their means)."""
     extra = {stage: round(seconds - plain["phases"].get(stage, 0.0), 1)
              for stage, seconds in pipeline["stages"].items()}
-    result = {
+    return {
         "ratio": round(pipeline["seconds"] / plain["seconds"], 3),
         # sessions 12-14 timed the plain run after its imports (the ratio they published)
         "ratio_without_plain_imports": round(pipeline["seconds"] / (plain["seconds"] - plain["phases"]["startup"]), 3),
@@ -284,12 +292,39 @@ def main(argv: list[str] | None = None) -> dict:
                                  for k, v in pipeline["in_worker"].items() if k in pipeline["stages"]},
         # CPU seconds (user, system) per process of the pipeline run: torch's share is the
         # worker's; the servers' and DVC's take cores from it on a 2-core machine
-        "cpu_seconds": pipeline["cpu"],
+        "cpu_seconds": {kind: {k: round(v, 1) for k, v in cpu.items()} for kind, cpu in pipeline["cpu"].items()},
         "training_loop_seconds": {"pipeline": round(pipeline["training"], 1),
                                   "plain": round(plain["training"], 1)},
-        # a load average near 0 before the start means the cores were otherwise idle
-        "load_before": round(load_before, 2), "cores_idle": load_before < 0.5,
     }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, help="train.steps (default: params.yaml's)")
+    parser.add_argument("--seeds", type=int, help="evaluation seeds (default: params.yaml's)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="pairs of runs, alternating which goes first (2: pipeline, plain, plain, pipeline)")
+    parser.add_argument("--plain", metavar="ROOT", help=argparse.SUPPRESS)  # plain_process's child
+    args = parser.parse_args(argv)
+    if args.plain:
+        print(json.dumps(plain_run(Path(args.plain))))
+        return {}
+    overrides = {"train": {}, "evaluate": {}}
+    if args.steps:
+        overrides["train"]["steps"] = args.steps
+    if args.seeds:
+        overrides["evaluate"]["seeds"] = list(range(args.seeds))
+    load_before = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = [one_round(Path(tmp), index, overrides) for index in range(args.rounds)]
+    # the figures of the mean run on each side: the ratio of the total seconds
+    result = figures(mean_of([p for p, _ in pairs]), mean_of([q for _, q in pairs]))
+    result.update(
+        rounds=args.rounds,
+        ratio_by_round=[figures(p, q)["ratio"] for p, q in pairs],
+        ratio_training_matched_by_round=[figures(p, q)["ratio_training_matched"] for p, q in pairs],
+        # a load average near 0 before the start means the cores were otherwise idle
+        load_before=round(load_before, 2), cores_idle=load_before < 0.5)
     print(json.dumps(result))
     return result
 
