@@ -3,6 +3,7 @@ against the same work as plain library calls in one process.
 
     python -m benchmarks.orchestration                 # params.yaml as shipped (about 20 min)
     python -m benchmarks.orchestration --steps 20 --seeds 2   # a quick look
+    python -m benchmarks.orchestration --rounds 2   # pipeline, plain, plain, pipeline
 
 Both runs start from a fresh copy of the project (data/concepts, params.yaml, dvc.yaml) in a
 temporary folder, one after the other, on the same cores. The plain run is a fresh Python
@@ -24,7 +25,8 @@ beyond the library call, in the clean-up after it, and around it (DVC, the stage
 `ratio_training_matched` puts the plain run's training-loop seconds (timing.json) in place of
 the pipeline's: the same loops, whose speed drifts between two runs. `cpu_seconds` gives the
 CPU time of each process of the pipeline run (servers, worker, DVC), `training_loop_seconds`
-the loops' seconds in both runs.
+the loops' seconds in both runs. With `--rounds N` the figures are those of the mean run on
+each side (the ratio of total seconds), and `ratio_by_round` gives each pair's ratio.
 """
 from __future__ import annotations
 
