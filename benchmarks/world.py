@@ -165,6 +165,17 @@ def concept_after_lora(world_dir: Path, concept: str, work: Path, overrides: dic
     }
 
 
+def mean_check(runs: list[dict]) -> dict:
+    """One concept's figures as the mean over runs with different training seeds, each run's
+    own shares kept beside them (`<key>_by_train_seed`)."""
+    if len(runs) == 1:
+        return runs[0]
+    out = {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
+    out["lora_steps"] = runs[0]["lora_steps"]
+    out.update({f"{key}_by_train_seed": [r[key] for r in runs] for key in PER_CONCEPT})
+    return out
+
+
 def lora_samples(world_dir: Path, spec, work: Path, cfg: TrainConfig, made_by: dict):
     """The concept's photos, then one LoRA step from the base and its samples of the identifier
     prompt and of the class prompt; the step's seconds last."""
@@ -223,6 +234,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--concept", default="striped-star", help="world concept for the LoRA check")
     parser.add_argument("--lora-steps", type=int, help="LoRA steps (default: params.yaml train.steps)")
+    parser.add_argument("--train", default="{}", help="JSON object of params.yaml `train` overrides "
+                        "for the LoRA checks, e.g. '{\"lr\": 0.002}'")
+    parser.add_argument("--train-seeds", type=int, default=1,
+                        help="learn each concept this many times (train.seed, seed+1, ...) and report the "
+                        "means: one run's score moves by up to 0.69 with the training seed alone")
     parser.add_argument("--concept-seeds", type=int, default=16, help="samples per prompt after the LoRA")
     parser.add_argument("--concept-seed", type=int, default=0,
                         help="world seed of the concept photos (0: the photos in data/concepts)")
@@ -254,19 +270,27 @@ def main(argv: list[str] | None = None) -> dict:
         zero_shot = zero_shot_accuracy(clip)
         result.update(evaluator_zero_shot_acc=zero_shot["shape"], evaluator_zero_shot_color_acc=zero_shot["color"])
         concept_grid = args.grid and str(Path(args.grid).with_suffix("")) + "-concept.png"
-        overrides = {} if args.lora_steps is None else {"steps": args.lora_steps}
+        overrides = json.loads(args.train) | ({} if args.lora_steps is None else {"steps": args.lora_steps})
+
+        first_seed = train_params(overrides)["seed"]
+
+        def lora_run(name: str, train_seed: int, grid: str | None) -> dict:
+            # train seeds after the first keep their samples apart, the first where it always did
+            kept = args.samples and Path(args.samples) / ("" if train_seed == first_seed else f"train-seed-{train_seed}")
+            return concept_after_lora(world_dir, name, Path(tmp) / f"lora-{name}-{train_seed}",
+                                      {**overrides, "seed": train_seed}, args.concept_seed, args.concept_seeds,
+                                      grid, n_photos=args.photos, classifier_path=classifier_path, samples_dir=kept)
 
         def lora_check(name: str, grid: str | None = None) -> dict:
-            return concept_after_lora(world_dir, name, Path(tmp) / f"lora-{name}", overrides,
-                                      args.concept_seed, args.concept_seeds, grid, n_photos=args.photos,
-                                      classifier_path=classifier_path,
-                                      samples_dir=args.samples and Path(args.samples))
+            return mean_check([lora_run(name, first_seed + k, grid if k == 0 else None)
+                               for k in range(args.train_seeds)])
         main_check = lora_check(args.concept, concept_grid)
         result.update(main_check, concept_acc_after_lora=main_check["concept_pattern_acc_after_lora"])
         if args.all_concepts:  # the main check's concept is not trained a second time
             checks = {spec.name: main_check if spec.name == args.concept else lora_check(spec.name)
                       for spec in CONCEPTS}
-            result.update(concept_seed=args.concept_seed, photos=args.photos, by_concept=checks)
+            result.update(concept_seed=args.concept_seed, photos=args.photos, train_seeds=args.train_seeds,
+                          by_concept=checks)
             # the session-5 keys, kept for their readers: the pattern share per concept
             result["concept_acc_by_concept"] = {n: c["concept_pattern_acc_after_lora"] for n, c in checks.items()}
             for key in PER_CONCEPT:

@@ -124,3 +124,14 @@ def test_world_check_keeps_samples_and_reuses_them_only_when_unchanged(tmp_path)
                                                                                       "concept-01.png"]
     assert check("b", 2) == first and not (tmp_path / "b").exists()  # re-read, not retrained
     assert check("c", 3)["lora_steps"] == 3 and (tmp_path / "c").exists()  # other settings: trained again
+
+
+def test_world_check_over_training_seeds_reports_the_mean_and_each_run():
+    from benchmarks.world import PER_CONCEPT, mean_check
+
+    def run(share: float) -> dict:
+        return {**dict.fromkeys(PER_CONCEPT, share), "lora_steps": 600, "lora_seconds": 10.0}
+    assert mean_check([run(0.5)]) == run(0.5)
+    two = mean_check([run(0.125), run(0.875)])
+    assert two["concept_attr_acc_after_lora"] == 0.5 and two["lora_steps"] == 600
+    assert two["concept_attr_acc_after_lora_by_train_seed"] == [0.125, 0.875]
