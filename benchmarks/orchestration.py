@@ -321,10 +321,11 @@ def main(argv: list[str] | None = None) -> dict:
         pairs = [one_round(Path(tmp), index, overrides) for index in range(args.rounds)]
     # the figures of the mean run on each side: the ratio of the total seconds
     result = figures(mean_of([p for p, _ in pairs]), mean_of([q for _, q in pairs]))
+    by_round = [figures(p, q) for p, q in pairs]
     result.update(
         rounds=args.rounds,
-        ratio_by_round=[figures(p, q)["ratio"] for p, q in pairs],
-        ratio_training_matched_by_round=[figures(p, q)["ratio_training_matched"] for p, q in pairs],
+        ratio_by_round=[r["ratio"] for r in by_round],
+        ratio_training_matched_by_round=[r["ratio_training_matched"] for r in by_round],
         # a load average near 0 before the start means the cores were otherwise idle
         load_before=round(load_before, 2), cores_idle=load_before < 0.5)
     print(json.dumps(result))
