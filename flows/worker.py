@@ -45,8 +45,11 @@ def hand_to_worker(argv: list[str], command: str) -> int | None:
         except OSError:
             return None  # nothing started yet: the stage runs here
         request = {"argv": argv, "cwd": os.getcwd()}
-        conn.sendall(json.dumps(request).encode() + b"\n")
-        reply = conn.makefile("rb").readline()
+        try:
+            conn.sendall(json.dumps(request).encode() + b"\n")
+            reply = conn.makefile("rb").readline()
+        except OSError:  # reset: the worker went away with this request unanswered
+            reply = b""
     if not reply:
         print(f"lifelong {command}: error: the stage worker stopped during the stage; run "
               "`lifelong run` again to resume", file=sys.stderr)
@@ -105,6 +108,9 @@ def serve(path: str) -> None:
             with conn:
                 request = json.loads(conn.makefile("rb").readline())
                 if request.get("stop"):  # the run is over: every stage's logs reach the UI first
+                    # Unlinked before the reply, so a stage command started after the stop finds
+                    # no worker and runs itself, instead of reaching a socket about to close.
+                    os.unlink(path)
                     APILogWorker.drain_all(timeout=5)
                     conn.sendall(b"{}\n")
                     return
