@@ -48,6 +48,17 @@ def die_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def yield_to_training() -> None:
+    """For Popen's preexec_fn of a server that runs beside the training: die with the parent,
+    and take the CPU only when no other process wants it (SCHED_IDLE, inherited by every
+    thread). Torch's two threads wait for each other at every operation, so each wakeup of the
+    server that preempts one of them stalls both (reports/orchestration.md, session 21). The
+    server still answers at once when the worker waits for its reply: a core is free then."""
+    die_with_parent()
+    with suppress(AttributeError, OSError):  # not on Linux: normal priority
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def stop_group(process: subprocess.Popen) -> None:
     """Stop the server and every worker it forked (they share its process group)."""
     with suppress(ProcessLookupError):
@@ -63,12 +74,12 @@ def stop_group(process: subprocess.Popen) -> None:
 
 @contextmanager
 def background_server(cmd: list[str], health_url: str, env: dict, log: Path,
-                      timeout: float = 180.0):
+                      timeout: float = 180.0, preexec_fn=die_with_parent):
     """Run `cmd` in its own process group until the block ends; output goes to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True, preexec_fn=die_with_parent)
+                                   start_new_session=True, preexec_fn=preexec_fn)
     try:
         wait_healthy(health_url, process, log, timeout)
         yield process
@@ -82,6 +93,14 @@ def prefect_api_url() -> str:
     return os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{free_port()}/api"
 
 
+# Server loops that act on deployment and worker runs only (schedules, late and paused runs,
+# work-pool health, cancelled subflows, expired leases). The flows of `lifelong run` run in
+# its own worker, so they have nothing to do there, yet each polls the database every few
+# seconds beside the training.
+DEPLOYMENT_SERVICES = ("scheduler", "late_runs", "foreman", "pause_expirations",
+                       "cancellation_cleanup", "repossessor")
+
+
 @contextmanager
 def prefect_api(home: Path, url: str):
     """Serve `url` from a server started here, unless PREFECT_API_URL already names one."""
@@ -89,8 +108,12 @@ def prefect_api(home: Path, url: str):
         yield url
         return
     port = str(urlsplit(url).port)
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               **{f"PREFECT_SERVER_SERVICES_{name.upper()}_ENABLED": "false"
+                  for name in DEPLOYMENT_SERVICES})
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
            "--port", port]
-    with background_server(cmd, f"{url}/health", env, Path(home) / "server.log"):
+    with background_server(cmd, f"{url}/health", env, Path(home) / "server.log",
+                           preexec_fn=yield_to_training):
         yield url
+
