@@ -1,6 +1,8 @@
-"""A killed command leaves no server or stage worker behind (flows/servers.py, flows/worker.py)."""
+"""A killed command leaves no server or stage worker behind, and its Prefect server yields the
+cores to the training (flows/servers.py, flows/worker.py)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -41,6 +43,19 @@ def serves(socket_path: str) -> bool:
     return False
 
 
+def server_threads(url: str) -> list[int]:
+    """Thread ids of the process that listens on `url`'s port."""
+    port = url.split(":")[2].split("/")[0]
+    pids = subprocess.run(["pgrep", "-f", f"prefect server start .*--port {port}"],
+                          capture_output=True, text=True).stdout.split()
+    return [int(t) for pid in pids for t in os.listdir(f"/proc/{pid}/task")]
+
+
+def services(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/admin/settings", timeout=10) as response:
+        return json.load(response)["server"]["services"]
+
+
 def test_prefect_server_and_stage_worker_stop_when_their_command_is_killed(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false")
@@ -50,6 +65,12 @@ def test_prefect_server_and_stage_worker_stop_when_their_command_is_killed(tmp_p
     try:
         url, worker = holder.stdout.readline().split()
         assert url.startswith("http://127.0.0.1:") and answers(url) and serves(worker)
+        # beside the training, the server yields the cores and runs no deployment services
+        threads = server_threads(url)
+        assert threads and {os.sched_getscheduler(t) for t in threads} == {os.SCHED_IDLE}
+        running = services(url)
+        assert not running["scheduler"]["enabled"] and not running["late_runs"]["enabled"]
+        assert running["task_run_recorder"]["enabled"]  # the UI's task runs still recorded
         holder.send_signal(signal.SIGKILL)  # no `finally` runs in the holder
         holder.wait(timeout=30)
         deadline = time.monotonic() + 60
