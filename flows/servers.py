@@ -51,8 +51,8 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def yield_to_training() -> None:
     """For Popen's preexec_fn of a server that runs beside the training: die with the parent,
     and take the CPU only when no other process wants it (SCHED_IDLE, inherited by every
-    thread). Torch's two threads wait for each other at every operation, so each wakeup of the
-    server that preempts one of them stalls both (reports/orchestration.md, session 21). The
+    thread). Torch's two threads meet at the end of every operation, so a wakeup of the server
+    that preempts one of them can stall both (reports/orchestration.md, session 21). The
     server still answers at once when the worker waits for its reply: a core is free then."""
     die_with_parent()
     with suppress(AttributeError, OSError):  # not on Linux: normal priority
@@ -116,4 +116,3 @@ def prefect_api(home: Path, url: str):
     with background_server(cmd, f"{url}/health", env, Path(home) / "server.log",
                            preexec_fn=yield_to_training):
         yield url
-
