@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.orchestration import load_average, make_project
+from benchmarks.orchestration import CLOCK, load_average, make_project, stat_fields
 
 CONDITIONS = ("none", "normal", "nice", "idle")
 SPIN = """import time
@@ -44,9 +44,8 @@ def lower(condition: str):
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    fields = stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / CLOCK  # utime + stime
 
 
 def timed_training(root: Path, out: Path, steps: int, condition: str) -> tuple[float, float]:
