@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.orchestration import CLOCK, load_average, make_project, stat_fields
+from benchmarks.orchestration import cpu_seconds, load_average, make_project
 
 CONDITIONS = ("none", "normal", "nice", "idle")
 SPIN = """import time
@@ -43,11 +43,6 @@ def lower(condition: str):
             "idle": lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))}[condition]
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / CLOCK  # utime + stime
-
-
 def timed_training(root: Path, out: Path, steps: int, condition: str) -> tuple[float, float]:
     """(the loop's seconds from timing.json, the load's CPU seconds) of one training run."""
     from lifelong_diffusion.project import BASE, Project
@@ -60,7 +55,7 @@ def timed_training(root: Path, out: Path, steps: int, condition: str) -> tuple[f
         [sys.executable, "-c", SPIN], preexec_fn=lower(condition))
     try:
         train_concept(project.snapshot_dir(BASE), project.processed_dir(name), out, cfg, progress=False)
-        load_cpu = cpu_seconds(load.pid) if load else 0.0
+        load_cpu = sum(cpu_seconds(load.pid)[1:]) if load else 0.0  # user + system
     finally:
         if load:
             load.kill()
