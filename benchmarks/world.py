@@ -31,6 +31,7 @@ import yaml
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
+from lifelong_diffusion.backbone import native_resolution
 from lifelong_diffusion.evaluate import EvalConfig, generate
 from lifelong_diffusion.generation import PersonalizedModel
 from lifelong_diffusion.grid import image_grid
@@ -181,7 +182,9 @@ def lora_samples(world_dir: Path, spec, work: Path, cfg: TrainConfig, made_by: d
     prompt and of the class prompt; the step's seconds last."""
     concept_dir = write_concept_folder(spec, work / "concepts", made_by["n_photos"], seed=made_by["photo_seed"],
                                        spread=made_by["photo_spread"])
-    ingest_concept(concept_dir, work / "processed" / spec.name, resolution=32, min_size=32)
+    # at the base's own size: a world pretrained at another image_size trains and samples there
+    ingest_concept(concept_dir, work / "processed" / spec.name, resolution=native_resolution(world_dir / "base"),
+                   min_size=32)
     save_snapshot(empty_snapshot(str(world_dir / "base")), work / "adapters" / "base")
     start = time.perf_counter()
     train_concept(work / "adapters" / "base", work / "processed" / spec.name, work / "adapters" / spec.name,

@@ -135,3 +135,16 @@ def test_world_check_over_training_seeds_reports_the_mean_and_each_run():
     two = mean_check([run(0.125), run(0.875)])
     assert two["concept_attr_acc_after_lora"] == 0.5 and two["lora_steps"] == 600
     assert two["concept_attr_acc_after_lora_by_train_seed"] == [0.125, 0.875]
+
+
+def test_world_check_trains_and_samples_at_the_size_the_world_was_pretrained_at(tmp_path):
+    """A 40 px world (a larger-world candidate) learns from 40 px photos, not the shipped 32."""
+    from benchmarks.world import concept_after_lora
+    from PIL import Image
+
+    world = tmp_path / "world40"
+    build_world_models(WorldBuildConfig.from_params({**TINY, "image_size": 40}), world, log=None)
+    kept = tmp_path / "samples"
+    concept_after_lora(world, "ringed-circle", tmp_path / "work", {"steps": 1}, 1, 1, samples_dir=kept)
+    for kind in ("photo", "concept"):
+        assert Image.open(kept / "ringed-circle" / f"{kind}-00.png").size == (40, 40)
