@@ -22,7 +22,7 @@ import json
 import os
 import statistics
 import time
-from dataclasses import fields
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,8 @@ import yaml
 
 from lifelong_diffusion.backbone import Backbone, unet_forward
 from lifelong_diffusion.lora import STUDENT, adapter_parameters, add_lora, lora_settings
-from lifelong_diffusion.world.pretrain import PretrainConfig, build_unet
+from lifelong_diffusion.world.build import WorldBuildConfig
+from lifelong_diffusion.world.pretrain import build_unet
 
 
 def timed(fn, repeats: int) -> float:
@@ -42,39 +43,35 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def pretrain_step(size: int, states: torch.Tensor, pretrain: dict):
-    known = {f.name for f in fields(PretrainConfig)}  # params.yaml's section also holds the evaluators' keys
-    cfg = PretrainConfig(**{k: v for k, v in pretrain.items() if k in known}, image_size=size)
-    unet = build_unet(cfg)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr)
-    latent = size // 2 ** (len(cfg.vae_channels) - 1)
-    x = torch.randn(cfg.batch_size, cfg.latent_channels, latent, latent)
-    t = torch.randint(0, 1000, (cfg.batch_size,))
-    cond = states[:1].expand(cfg.batch_size, -1, -1)
-
+def descent(opt, loss_fn):
+    """One optimizer step on loss_fn(), as a call to time."""
     def step():
-        loss = F.mse_loss(unet(x, t, encoder_hidden_states=cond).sample, x)
+        loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return step
+
+
+def pretrain_step(size: int, states: torch.Tensor, pretrain: dict):
+    cfg = replace(WorldBuildConfig.from_params(pretrain).base, image_size=size)
+    unet = build_unet(cfg)
+    latent = unet.config.sample_size
+    x = torch.randn(cfg.batch_size, cfg.latent_channels, latent, latent)
+    t = torch.randint(0, 1000, (cfg.batch_size,))
+    cond = states[:1].expand(cfg.batch_size, -1, -1)
+    return descent(torch.optim.AdamW(unet.parameters(), lr=cfg.lr),
+                   lambda: F.mse_loss(unet(x, t, encoder_hidden_states=cond).sample, x))
 
 
 def lora_step(backbone: Backbone, size: int, train: dict):
     unet = backbone.unet
-    params = adapter_parameters(unet, STUDENT)
-    opt = torch.optim.AdamW(params, lr=train["lr"])
     latent = size // backbone.pipe.vae_scale_factor
     x = torch.randn(train["batch_size"], unet.config.in_channels, latent, latent)
     t = torch.randint(0, 1000, (len(x),))
     cond = backbone.encode(["a photo of a star"] * len(x))
-
-    def step():
-        loss = F.mse_loss(unet_forward(unet, x, t, cond), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    return descent(torch.optim.AdamW(adapter_parameters(unet, STUDENT), lr=train["lr"]),
+                   lambda: F.mse_loss(unet_forward(unet, x, t, cond), x))
 
 
 def sampling(backbone: Backbone, size: int, evaluate: dict):
