@@ -10,18 +10,14 @@ import yaml
 
 from benchmarks import methods as bench
 from lifelong_diffusion.cl_metrics import format_figure
+from tests.test_e2e import plumbing_params
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_project(root: Path) -> Path:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["base"].update(model="tiny-random")
-    params["evaluate"].update(clip_model="ld-tiny-clip", clip_weights=None, attribute_classifier=None,
-                              seeds=[0, 1], steps=2)
-    params["train"].update(steps=3)
     root.mkdir()
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "params.yaml").write_text(yaml.safe_dump(plumbing_params()))
     return root
 
 

@@ -29,13 +29,20 @@ pytestmark = pytest.mark.slow
 MODEL = "lifelong-" + yaml.safe_load((REPO / "params.yaml").read_text())["train"]["method"]
 
 
-def tiny_params(names: list[str]) -> dict:
-    """The repo's params.yaml with step counts cut to the bone and a shorter sequence."""
+def plumbing_params() -> dict:
+    """The repo's params.yaml with the fastest base and evaluator and step counts cut to the bone."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["base"].update(model="tiny-random")  # plumbing tests: the fastest base and evaluator
-    params["evaluate"].update(clip_model="ld-tiny-clip", clip_weights=None, attribute_classifier=None)
+    params["base"].update(model="tiny-random")
+    params["ingest"].update(resolution=32)  # tiny-random's image size, not the world's
+    params["evaluate"].update(clip_model="ld-tiny-clip", clip_weights=None, attribute_classifier=None,
+                              seeds=[0, 1], steps=2)
     params["train"].update(steps=3)
-    params["evaluate"].update(seeds=[0, 1], steps=2)
+    return params
+
+
+def tiny_params(names: list[str]) -> dict:
+    """plumbing_params() with a shorter sequence."""
+    params = plumbing_params()
     params["sequence"] = {n: {"prev": p} for p, n in zip(["base"] + names, names)}
     return params
 

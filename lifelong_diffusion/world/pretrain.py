@@ -1,7 +1,7 @@
 """Pretrain the embedded world's base model: a tiny Stable-Diffusion pipeline on 2 CPU cores.
 
 Three stages, each cheap because the one before froze something:
-1. a small VAE (32x32 RGB -> 8x8x4 latents) trained briefly on plain renders;
+1. a small VAE (RGB -> latents at half the image size, 4 channels) trained briefly on renders;
 2. the whole dataset encoded once, so the diffusion stage never runs the VAE;
 3. the UNet trained from scratch under a CLIP text encoder (random and frozen, its
    outputs cached per caption, or trained jointly) with v-prediction on a
@@ -38,13 +38,15 @@ class PretrainConfig:
     """Every knob of the recipe; the defaults are the measured best (reports/world_pretraining.md)."""
 
     seed: int = 0
+    # params.yaml ships 40: at 32 px thin round rims and rings were drawn lopsided (a concept
+    # missed on two photo seeds of three); 40 px costs the UNet step 1.3x and a LoRA step nothing.
     image_size: int = 32
     n_images: int = 20000  # fresh renders cost ~0.3 ms each; 20k is more than the steps can visit twice
     # How far objects wander from the centre (render.sample_scene). With full spread 2,600 UNet
     # steps gave right colours but blobs: the model must learn where *and* what; a third of
     # the spread keeps the task MNIST-like. Concept photos keep the full spread.
     position_spread: float = 0.3
-    # VAE: 2 blocks = one downsample, so 32x32 images become 16x16x4 latents. The 8x8x4 of a
+    # VAE: 2 blocks = one downsample, so 40x40 images become 20x20x4 latents. The 8x8x4 of a
     # 3-block VAE lost outlines (shape accuracy on its reconstructions 0.68) and cannot hold a
     # 7-pixel pattern period, which the personal concepts need later.
     vae_channels: tuple[int, ...] = (16, 32)
